@@ -1,0 +1,640 @@
+//! The Apache Kafka backend (rdkafka, librdkafka).
+//!
+//! Publishing: one producer whose deliveries resolve one receipt each; the bus's publish
+//! window bounds how many are in flight, and librdkafka's own queue is sized above that window
+//! so it never reports "queue full" in normal operation. Consuming: one consumer per
+//! subscription, in a consumer group, with auto-commit off. Handlers of one partition run in
+//! parallel across aggregates, so each partition keeps a watermark: only the contiguous prefix
+//! of handled offsets is committed, and a slow message holds back the commit of later ones.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
+    KafkaConfig, Message, Record, Transport,
+};
+
+const BACKEND: &str = "kafka";
+const STATE_CONNECTED: u8 = 0;
+const STATE_RECONNECTING: u8 = 1;
+
+/// Tracks whether librdkafka reports every broker down.
+struct StateContext {
+    state: Arc<AtomicU8>,
+}
+
+impl ClientContext for StateContext {
+    fn error(&self, error: KafkaError, _reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.state.store(STATE_RECONNECTING, Ordering::Relaxed);
+        }
+    }
+}
+
+pub(crate) struct KafkaTransport {
+    config: KafkaConfig,
+    producer: FutureProducer<StateContext>,
+    admin: AdminClient<DefaultClientContext>,
+    known_topics: tokio::sync::Mutex<HashSet<String>>,
+    state: Arc<AtomicU8>,
+    publish_timeout: Duration,
+    close_timeout: Duration,
+}
+
+fn client_config(
+    config: &KafkaConfig,
+    specific: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.bootstrap_servers);
+    for (key, value) in config.properties.iter().chain(specific) {
+        client.set(key, value);
+    }
+    client
+}
+
+impl KafkaTransport {
+    pub async fn connect(config: KafkaConfig, bus: &BusConfig) -> Result<Self, BusError> {
+        let state = Arc::new(AtomicU8::new(STATE_CONNECTED));
+        let mut producer_config = ClientConfig::new();
+        producer_config
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set(
+                "queue.buffering.max.messages",
+                (bus.publish_window * 2).max(100_000).to_string(),
+            )
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        for (key, value) in config.properties.iter().chain(&config.producer_properties) {
+            producer_config.set(key, value);
+        }
+        let producer: FutureProducer<StateContext> = producer_config
+            .create_with_context(StateContext {
+                state: state.clone(),
+            })
+            .map_err(|e| BusError::broker(BACKEND, e))?;
+        let admin: AdminClient<DefaultClientContext> = client_config(&config, &Default::default())
+            .create()
+            .map_err(|e| BusError::broker(BACKEND, e))?;
+        // Fail early, with a clear error, when no broker answers.
+        let probe = producer.clone();
+        let metadata_timeout = Duration::from_secs(10);
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, metadata_timeout))
+            .await
+            .map_err(|e| BusError::broker(BACKEND, e))?
+            .map_err(|e| BusError::Broker {
+                backend: BACKEND,
+                message: format!(
+                    "no broker answered at {} within {metadata_timeout:?}: {e}",
+                    config.bootstrap_servers
+                ),
+            })?;
+        Ok(KafkaTransport {
+            config,
+            producer,
+            admin,
+            known_topics: tokio::sync::Mutex::new(HashSet::new()),
+            state,
+            publish_timeout: bus.publish_timeout,
+            close_timeout: bus.close_timeout,
+        })
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), BusError> {
+        let mut known = self.known_topics.lock().await;
+        if known.contains(topic) {
+            return Ok(());
+        }
+        let new_topic = NewTopic::new(
+            topic,
+            self.config.partitions,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(|e| BusError::broker(BACKEND, e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BusError::broker(
+                        BACKEND,
+                        format!("creating topic {name}: {code}"),
+                    ));
+                }
+            }
+        }
+        known.insert(topic.to_owned());
+        Ok(())
+    }
+}
+
+impl Transport for KafkaTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn send<'a>(
+        &'a self,
+        topic: &'a str,
+        record: Record,
+    ) -> BoxFuture<'a, Result<AckFuture, BusError>> {
+        Box::pin(async move {
+            self.create_topic(topic).await?;
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in record.headers.iter() {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let started = tokio::time::Instant::now();
+            let mut future_record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+                .payload(&record.payload[..])
+                .headers(headers);
+            if let Some(key) = record.key.as_deref() {
+                future_record = future_record.key(key);
+            }
+            loop {
+                match self.producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        let ack: AckFuture = Box::pin(async move {
+                            match delivery.await {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
+                                Err(_) => Err(BusError::broker(
+                                    BACKEND,
+                                    "the producer was dropped before the delivery report",
+                                )),
+                            }
+                        });
+                        return Ok(ack);
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        if started.elapsed() >= self.publish_timeout {
+                            return Err(BusError::Backpressure {
+                                what: "librdkafka's producer queue",
+                                waited: self.publish_timeout,
+                            });
+                        }
+                        future_record = returned;
+                        // librdkafka frees room as deliveries complete on its own threads.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((error, _)) => return Err(BusError::broker(BACKEND, error)),
+                }
+            }
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        sink: DeliverySink,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BusError>> {
+        Box::pin(async move {
+            self.create_topic(topic).await?;
+            let tracker = Arc::new(CommitTracker::default());
+            let ready = Arc::new(AtomicBool::new(false));
+            let mut consumer_config = ClientConfig::new();
+            consumer_config
+                .set("bootstrap.servers", &self.config.bootstrap_servers)
+                .set("auto.offset.reset", "earliest")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", "10000");
+            // Settings the caller chose win over the defaults above ...
+            for (key, value) in self
+                .config
+                .properties
+                .iter()
+                .chain(&self.config.consumer_properties)
+            {
+                consumer_config.set(key, value);
+            }
+            // ... except these, on which the commit watermark depends.
+            consumer_config
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false");
+            let consumer: StreamConsumer<TrackingContext> = consumer_config
+                .create_with_context(TrackingContext {
+                    tracker: tracker.clone(),
+                    ready: ready.clone(),
+                })
+                .map_err(|e| BusError::broker(BACKEND, e))?;
+            consumer
+                .subscribe(&[topic])
+                .map_err(|e| BusError::broker(BACKEND, e))?;
+            let consumer = Arc::new(consumer);
+            let stop = CancellationToken::new();
+            let error = Arc::new(Mutex::new(None));
+            let fetch = tokio::spawn(fetch_loop(
+                consumer.clone(),
+                Arc::from(topic),
+                tracker.clone(),
+                sink,
+                stop.clone(),
+                error.clone(),
+            ));
+            let committer = tokio::spawn(commit_loop(
+                consumer.clone(),
+                tracker.clone(),
+                self.config.commit_interval,
+                stop.clone(),
+            ));
+            let handle: Box<dyn Consumer> = Box::new(KafkaConsumer {
+                consumer,
+                tracker,
+                ready,
+                stop,
+                fetch: Some(fetch),
+                committer: Some(committer),
+                error,
+                close_timeout: self.close_timeout,
+            });
+            Ok(handle)
+        })
+    }
+
+    fn ensure_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.create_topic(topic))
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.known_topics.lock().await.remove(topic);
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+            let results = self
+                .admin
+                .delete_topics(&[topic], &options)
+                .await
+                .map_err(|e| BusError::broker(BACKEND, e))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                    Err((name, code)) => {
+                        return Err(BusError::broker(
+                            BACKEND,
+                            format!("deleting topic {name}: {code}"),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn state(&self) -> ConnectionState {
+        match self.state.load(Ordering::Relaxed) {
+            STATE_CONNECTED => ConnectionState::Connected,
+            _ => ConnectionState::Reconnecting,
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let producer = self.producer.clone();
+            let timeout = self.close_timeout;
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|e| BusError::broker(BACKEND, e))?
+                .map_err(|_| BusError::Timeout {
+                    operation: "flushing the Kafka producer",
+                    waited: timeout,
+                })
+        })
+    }
+}
+
+/// Per partition, the offsets handed to handlers and which of them were handled.
+#[derive(Default)]
+pub(crate) struct CommitTracker {
+    partitions: Mutex<HashMap<(Arc<str>, i32), PartitionProgress>>,
+}
+
+#[derive(Default)]
+struct PartitionProgress {
+    /// Offsets in flight, ascending, with whether each was handled.
+    in_flight: VecDeque<(i64, bool)>,
+    /// The next offset to commit (last handled contiguous offset + 1), not yet committed.
+    pending_commit: Option<i64>,
+}
+
+impl CommitTracker {
+    /// Records that `offset` was handed to a handler.
+    pub fn track(&self, topic: &Arc<str>, partition: i32, offset: i64) {
+        let mut partitions = self.partitions.lock().unwrap();
+        partitions
+            .entry((topic.clone(), partition))
+            .or_default()
+            .in_flight
+            .push_back((offset, false));
+    }
+
+    /// Records that `offset` was handled; advances the partition's watermark over the
+    /// contiguous prefix of handled offsets.
+    pub fn done(&self, topic: &Arc<str>, partition: i32, offset: i64) {
+        let mut partitions = self.partitions.lock().unwrap();
+        let Some(progress) = partitions.get_mut(&(topic.clone(), partition)) else {
+            return; // the partition was revoked meanwhile
+        };
+        if let Ok(index) = progress
+            .in_flight
+            .binary_search_by_key(&offset, |(o, _)| *o)
+        {
+            progress.in_flight[index].1 = true;
+        }
+        while let Some(&(front, true)) = progress.in_flight.front() {
+            progress.in_flight.pop_front();
+            progress.pending_commit = Some(front + 1);
+        }
+    }
+
+    /// Takes the watermarks not yet committed.
+    pub fn take_commits(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut partitions = self.partitions.lock().unwrap();
+        partitions
+            .iter_mut()
+            .filter_map(|((topic, partition), progress)| {
+                progress
+                    .pending_commit
+                    .take()
+                    .map(|offset| (topic.clone(), *partition, offset))
+            })
+            .collect()
+    }
+
+    /// Puts back watermarks whose commit failed, unless newer ones exist.
+    fn restore(&self, commits: &[(Arc<str>, i32, i64)]) {
+        let mut partitions = self.partitions.lock().unwrap();
+        for (topic, partition, offset) in commits {
+            if let Some(progress) = partitions.get_mut(&(topic.clone(), *partition)) {
+                progress.pending_commit.get_or_insert(*offset);
+            }
+        }
+    }
+
+    fn forget(&self, revoked: &TopicPartitionList) {
+        let mut partitions = self.partitions.lock().unwrap();
+        for element in revoked.elements() {
+            partitions.remove(&(Arc::from(element.topic()), element.partition()));
+        }
+    }
+}
+
+fn to_partition_list(commits: &[(Arc<str>, i32, i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in commits {
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    list
+}
+
+/// Commits handled offsets before partitions are revoked, and reports readiness.
+struct TrackingContext {
+    tracker: Arc<CommitTracker>,
+    ready: Arc<AtomicBool>,
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let commits = self.tracker.take_commits();
+            if !commits.is_empty() {
+                let _ = consumer.commit(&to_partition_list(&commits), CommitMode::Sync);
+            }
+            self.tracker.forget(revoked);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            self.ready.store(assigned > 0, Ordering::Release);
+        }
+    }
+}
+
+struct KafkaAcker {
+    tracker: Arc<CommitTracker>,
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+}
+
+impl Acker for KafkaAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.tracker.done(&self.topic, self.partition, self.offset);
+        Box::pin(async {})
+    }
+
+    fn nak(self: Box<Self>) -> BoxFuture<'static, ()> {
+        // Left uncommitted: the watermark stays below it, so it is delivered again after a
+        // restart or rebalance.
+        Box::pin(async {})
+    }
+}
+
+async fn fetch_loop(
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    topic: Arc<str>,
+    tracker: Arc<CommitTracker>,
+    sink: DeliverySink,
+    stop: CancellationToken,
+    error: Arc<Mutex<Option<BusError>>>,
+) {
+    let mut stream = consumer.stream();
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            received = stream.next() => received,
+        };
+        let message = match received {
+            Some(Ok(message)) => message,
+            // Consumer errors (a broker restart, a rebalance) are transient: librdkafka
+            // reconnects and fetches again on its own.
+            Some(Err(_)) => continue,
+            None => return,
+        };
+        let partition = message.partition();
+        let offset = message.offset();
+        let headers: Vec<(String, String)> = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let delivery = Delivery {
+            message: Message {
+                topic: topic.clone(),
+                key: message
+                    .key()
+                    .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref())),
+                headers: Arc::from(headers),
+                payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                attempt: 1,
+            },
+            acker: Box::new(KafkaAcker {
+                tracker: tracker.clone(),
+                topic: topic.clone(),
+                partition,
+                offset,
+            }),
+        };
+        drop(message);
+        tracker.track(&topic, partition, offset);
+        if let Err(e) = sink(delivery).await {
+            *error.lock().unwrap() = Some(e);
+            return;
+        }
+    }
+}
+
+async fn commit_loop(
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    tracker: Arc<CommitTracker>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let commits = tracker.take_commits();
+        if commits.is_empty() {
+            continue;
+        }
+        if consumer
+            .commit(&to_partition_list(&commits), CommitMode::Async)
+            .is_err()
+        {
+            tracker.restore(&commits);
+        }
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    tracker: Arc<CommitTracker>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    fetch: Option<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
+    error: Arc<Mutex<Option<BusError>>>,
+    close_timeout: Duration,
+}
+
+impl Consumer for KafkaConsumer {
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            if let Some(fetch) = self.fetch.take() {
+                let _ = fetch.await;
+            }
+            if let Some(committer) = self.committer.take() {
+                let _ = committer.await;
+            }
+        })
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async move {
+            let KafkaConsumer {
+                consumer,
+                tracker,
+                close_timeout,
+                ..
+            } = *self;
+            let commits = tracker.take_commits();
+            tokio::task::spawn_blocking(move || {
+                let result = if commits.is_empty() {
+                    Ok(())
+                } else {
+                    consumer.commit(&to_partition_list(&commits), CommitMode::Sync)
+                };
+                consumer.unsubscribe();
+                // Dropping the last handle closes the consumer and joins librdkafka's threads.
+                drop(consumer);
+                result
+            })
+            .await
+            .map_err(|e| BusError::broker(BACKEND, e))?
+            .map_err(|e| BusError::Broker {
+                backend: BACKEND,
+                message: format!("final offset commit failed (bounded by {close_timeout:?}): {e}"),
+            })
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn take_error(&mut self) -> Option<BusError> {
+        self.error.lock().unwrap().take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_commits_only_the_contiguous_prefix() {
+        let tracker = CommitTracker::default();
+        let topic: Arc<str> = Arc::from("t");
+        for offset in 10..15 {
+            tracker.track(&topic, 0, offset);
+        }
+        tracker.done(&topic, 0, 11);
+        tracker.done(&topic, 0, 12);
+        assert!(tracker.take_commits().is_empty(), "10 is not handled yet");
+        tracker.done(&topic, 0, 10);
+        assert_eq!(tracker.take_commits(), vec![(topic.clone(), 0, 13)]);
+        tracker.done(&topic, 0, 14);
+        assert!(tracker.take_commits().is_empty(), "13 is not handled yet");
+        tracker.done(&topic, 0, 13);
+        assert_eq!(tracker.take_commits(), vec![(topic.clone(), 0, 15)]);
+        assert!(tracker.take_commits().is_empty());
+    }
+}

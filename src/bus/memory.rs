@@ -1,0 +1,253 @@
+//! The in-process backend: the reference implementation of the bus's semantics, and the
+//! embedded default for runs without brokers.
+//!
+//! Each topic keeps one bounded queue per consumer group; a publish waits for room in every
+//! group's queue (up to the publish timeout) and is acknowledged once queued in all of them.
+//! Messages published before any group subscribed wait in a bounded backlog that the first
+//! group to subscribe takes over. Order per topic is publish order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
+    MemoryConfig, Message, Record, Transport,
+};
+
+type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Record>>>;
+
+struct Topic {
+    name: Arc<str>,
+    groups: Vec<(String, mpsc::Sender<Record>, SharedReceiver)>,
+    /// Messages published while no group existed, with the sender that feeds it.
+    backlog: Option<(mpsc::Sender<Record>, SharedReceiver)>,
+}
+
+pub(crate) struct MemoryTransport {
+    topics: Mutex<HashMap<String, Topic>>,
+    capacity: usize,
+    publish_timeout: Duration,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryTransport {
+    pub fn new(config: MemoryConfig, bus: &BusConfig) -> Self {
+        MemoryTransport {
+            topics: Mutex::new(HashMap::new()),
+            capacity: config.queue_capacity.max(1),
+            publish_timeout: bus.publish_timeout,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn new_queue(&self) -> (mpsc::Sender<Record>, SharedReceiver) {
+        let (sender, receiver) = mpsc::channel(self.capacity);
+        (sender, Arc::new(tokio::sync::Mutex::new(receiver)))
+    }
+
+    fn senders_for(&self, topic: &str) -> Vec<mpsc::Sender<Record>> {
+        let mut topics = self.topics.lock().unwrap();
+        let state = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
+            name: Arc::from(topic),
+            groups: Vec::new(),
+            backlog: None,
+        });
+        if state.groups.is_empty() {
+            let (sender, _) = state.backlog.get_or_insert_with(|| self.new_queue());
+            return vec![sender.clone()];
+        }
+        state.groups.iter().map(|(_, s, _)| s.clone()).collect()
+    }
+}
+
+struct NoopAcker;
+
+impl Acker for NoopAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+    fn nak(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn send<'a>(
+        &'a self,
+        topic: &'a str,
+        record: Record,
+    ) -> BoxFuture<'a, Result<AckFuture, BusError>> {
+        Box::pin(async move {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(BusError::Closed);
+            }
+            for sender in self.senders_for(topic) {
+                let record = match sender.try_send(record.clone()) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(record)) => record,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),
+                };
+                match sender.send_timeout(record, self.publish_timeout).await {
+                    Ok(()) => {}
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(BusError::Closed),
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        return Err(BusError::Backpressure {
+                            what: "the memory topic queue",
+                            waited: self.publish_timeout,
+                        });
+                    }
+                }
+            }
+            let ack: AckFuture = Box::pin(async { Ok(()) });
+            Ok(ack)
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        sink: DeliverySink,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BusError>> {
+        Box::pin(async move {
+            let (name, receiver) = {
+                let mut topics = self.topics.lock().unwrap();
+                let state = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
+                    name: Arc::from(topic),
+                    groups: Vec::new(),
+                    backlog: None,
+                });
+                let receiver = match state.groups.iter().find(|(g, _, _)| g == group) {
+                    Some((_, _, receiver)) => receiver.clone(),
+                    None => {
+                        let (sender, receiver) = match state.backlog.take() {
+                            Some(backlog) => backlog,
+                            None => self.new_queue(),
+                        };
+                        state
+                            .groups
+                            .push((group.to_owned(), sender, receiver.clone()));
+                        receiver
+                    }
+                };
+                (state.name.clone(), receiver)
+            };
+            let stop = CancellationToken::new();
+            let error = Arc::new(Mutex::new(None));
+            let task = tokio::spawn(consume(name, receiver, sink, stop.clone(), error.clone()));
+            let consumer: Box<dyn Consumer> = Box::new(MemoryConsumer {
+                stop,
+                task: Some(task),
+                error,
+            });
+            Ok(consumer)
+        })
+    }
+
+    fn ensure_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let _ = self.senders_for(topic);
+            Ok(())
+        })
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.topics.lock().unwrap().remove(topic);
+            Ok(())
+        })
+    }
+
+    fn state(&self) -> ConnectionState {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            ConnectionState::Closed
+        } else {
+            ConnectionState::Connected
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.topics.lock().unwrap().clear();
+            Ok(())
+        })
+    }
+}
+
+async fn consume(
+    topic: Arc<str>,
+    receiver: SharedReceiver,
+    sink: DeliverySink,
+    stop: CancellationToken,
+    error: Arc<Mutex<Option<BusError>>>,
+) {
+    let mut receiver = tokio::select! {
+        guard = receiver.lock_owned() => guard,
+        _ = stop.cancelled() => return,
+    };
+    loop {
+        let record = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            record = receiver.recv() => match record {
+                Some(record) => record,
+                None => return,
+            },
+        };
+        let delivery = Delivery {
+            message: Message {
+                topic: topic.clone(),
+                key: record.key,
+                headers: record.headers,
+                payload: record.payload,
+                attempt: 1,
+            },
+            acker: Box::new(NoopAcker),
+        };
+        if let Err(e) = sink(delivery).await {
+            *error.lock().unwrap() = Some(e);
+            return;
+        }
+    }
+}
+
+struct MemoryConsumer {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    error: Arc<Mutex<Option<BusError>>>,
+}
+
+impl Consumer for MemoryConsumer {
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            if let Some(task) = self.task.take() {
+                let _ = task.await;
+            }
+        })
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn take_error(&mut self) -> Option<BusError> {
+        self.error.lock().unwrap().take()
+    }
+}

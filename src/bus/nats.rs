@@ -1,0 +1,378 @@
+//! The NATS JetStream backend (async-nats).
+//!
+//! One stream per topic (named prefix + topic, capturing the topic as its only subject), with
+//! file or memory storage. Publishing returns JetStream's ack future; the bus's window bounds how
+//! many are in flight. Consuming: a durable pull consumer per topic and group, explicit acks
+//! sent only after the handler succeeded; `max_ack_pending` bounds what the server hands out.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
+    Message, NatsConfig, NatsStorage, Record, Transport,
+};
+
+const BACKEND: &str = "nats";
+
+pub(crate) struct NatsTransport {
+    config: NatsConfig,
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    known_streams: tokio::sync::Mutex<HashSet<String>>,
+    close_timeout: Duration,
+}
+
+impl NatsTransport {
+    pub async fn connect(config: NatsConfig, bus: &BusConfig) -> Result<Self, BusError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("busbench")
+            .connection_timeout(Duration::from_secs(10))
+            .client_capacity(bus.publish_window.max(2048))
+            .require_tls(config.tls_required);
+        if let Some(path) = &config.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| BusError::Config(format!("NATS credentials file {path}: {e}")))?;
+        }
+        if let Some((user, password)) = &config.user_password {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        let client = options
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| BusError::Broker {
+                backend: BACKEND,
+                message: format!("could not connect to {}: {e}", config.url),
+            })?;
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(bus.ack_timeout);
+        // Fail early, with a clear error, when JetStream is not enabled.
+        jetstream
+            .query_account()
+            .await
+            .map_err(|e| BusError::Broker {
+                backend: BACKEND,
+                message: format!("JetStream is not available at {}: {e}", config.url),
+            })?;
+        Ok(NatsTransport {
+            config,
+            client,
+            jetstream,
+            known_streams: tokio::sync::Mutex::new(HashSet::new()),
+            close_timeout: bus.close_timeout,
+        })
+    }
+
+    /// The stream holding `topic`: the prefix, then the topic with characters that stream
+    /// names may not hold replaced by `_`.
+    pub fn stream_name(&self, topic: &str) -> String {
+        let mut name = self.config.stream_prefix.clone();
+        name.extend(topic.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        }));
+        name
+    }
+
+    async fn ensure_stream(&self, topic: &str) -> Result<String, BusError> {
+        let name = self.stream_name(topic);
+        let mut known = self.known_streams.lock().await;
+        if known.contains(&name) {
+            return Ok(name);
+        }
+        self.jetstream
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![topic.to_owned()],
+                storage: match self.config.storage {
+                    NatsStorage::File => stream::StorageType::File,
+                    NatsStorage::Memory => stream::StorageType::Memory,
+                },
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::broker(BACKEND, format!("creating stream {name}: {e}")))?;
+        known.insert(name.clone());
+        Ok(name)
+    }
+}
+
+impl Transport for NatsTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn send<'a>(
+        &'a self,
+        topic: &'a str,
+        record: Record,
+    ) -> BoxFuture<'a, Result<AckFuture, BusError>> {
+        Box::pin(async move {
+            self.ensure_stream(topic).await?;
+            let mut headers = async_nats::HeaderMap::new();
+            for (key, value) in record.headers.iter() {
+                headers.append(key.as_str(), value.as_str());
+            }
+            let pending = self
+                .jetstream
+                .publish_with_headers(topic.to_owned(), headers, record.payload)
+                .await
+                .map_err(|e| BusError::broker(BACKEND, e))?;
+            let ack: AckFuture = Box::pin(async move {
+                pending
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| BusError::broker(BACKEND, e))
+            });
+            Ok(ack)
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        sink: DeliverySink,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BusError>> {
+        Box::pin(async move {
+            let stream_name = self.ensure_stream(topic).await?;
+            let durable: String = group
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let stream = self
+                .jetstream
+                .get_stream(&stream_name)
+                .await
+                .map_err(|e| BusError::broker(BACKEND, e))?;
+            let pull: consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &durable,
+                    consumer::pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: topic.to_owned(),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: self.config.ack_wait,
+                        max_deliver: self.config.max_deliver,
+                        max_ack_pending: self.config.max_ack_pending,
+                        deliver_policy: consumer::DeliverPolicy::All,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    BusError::broker(BACKEND, format!("creating consumer {durable}: {e}"))
+                })?;
+            let messages = pull
+                .stream()
+                .max_messages_per_batch(self.config.fetch_batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|e| BusError::broker(BACKEND, e))?;
+            let stop = CancellationToken::new();
+            let error = Arc::new(Mutex::new(None));
+            let fetch = tokio::spawn(fetch_loop(
+                messages,
+                Arc::from(topic),
+                sink,
+                stop.clone(),
+                error.clone(),
+            ));
+            let handle: Box<dyn Consumer> = Box::new(NatsConsumer {
+                stop,
+                fetch: Some(fetch),
+                error,
+                client: self.client.clone(),
+                close_timeout: self.close_timeout,
+            });
+            Ok(handle)
+        })
+    }
+
+    fn ensure_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move { self.ensure_stream(topic).await.map(|_| ()) })
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let name = self.stream_name(topic);
+            self.known_streams.lock().await.remove(&name);
+            match self.jetstream.delete_stream(&name).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("not found") => Ok(()),
+                Err(e) => Err(BusError::broker(
+                    BACKEND,
+                    format!("deleting stream {name}: {e}"),
+                )),
+            }
+        })
+    }
+
+    fn state(&self) -> ConnectionState {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => ConnectionState::Connected,
+            _ => ConnectionState::Reconnecting,
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let timeout = self.close_timeout;
+            match tokio::time::timeout(timeout, self.client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BusError::broker(BACKEND, e)),
+                Err(_) => {
+                    return Err(BusError::Timeout {
+                        operation: "flushing the NATS connection",
+                        waited: timeout,
+                    });
+                }
+            }
+            match tokio::time::timeout(timeout, self.client.drain()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(BusError::broker(BACKEND, e)),
+                Err(_) => Err(BusError::Timeout {
+                    operation: "draining the NATS connection",
+                    waited: timeout,
+                }),
+            }
+        })
+    }
+}
+
+struct NatsAcker(jetstream::message::Acker);
+
+impl Acker for NatsAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, ()> {
+        // A lost ack only means a redelivery after ack_wait: at-least-once either way.
+        Box::pin(async move {
+            let _ = self.0.ack().await;
+        })
+    }
+
+    fn nak(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.0.ack_with(jetstream::AckKind::Nak(None)).await;
+        })
+    }
+}
+
+async fn fetch_loop(
+    mut messages: consumer::pull::Stream,
+    topic: Arc<str>,
+    sink: DeliverySink,
+    stop: CancellationToken,
+    error: Arc<Mutex<Option<BusError>>>,
+) {
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            received = messages.next() => received,
+        };
+        let message = match received {
+            Some(Ok(message)) => message,
+            // Missed heartbeats and reconnects are transient: the stream pulls again.
+            Some(Err(_)) => continue,
+            None => return,
+        };
+        let (message, acker) = message.split();
+        let headers: Vec<(String, String)> = message
+            .headers
+            .as_ref()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .flat_map(|(name, values)| {
+                        values
+                            .iter()
+                            .map(move |value| (name.to_string(), value.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = headers
+            .iter()
+            .find(|(name, _)| name == super::envelope::HEADER_AGGREGATE_ID)
+            .map(|(_, value)| Arc::from(value.as_str()));
+        let delivery = Delivery {
+            message: Message {
+                topic: topic.clone(),
+                key,
+                headers: Arc::from(headers),
+                payload: message.payload,
+                attempt: 1,
+            },
+            acker: Box::new(NatsAcker(acker)),
+        };
+        if let Err(e) = sink(delivery).await {
+            *error.lock().unwrap() = Some(e);
+            return;
+        }
+    }
+}
+
+struct NatsConsumer {
+    stop: CancellationToken,
+    fetch: Option<JoinHandle<()>>,
+    error: Arc<Mutex<Option<BusError>>>,
+    client: async_nats::Client,
+    close_timeout: Duration,
+}
+
+impl Consumer for NatsConsumer {
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            if let Some(fetch) = self.fetch.take() {
+                let _ = fetch.await;
+            }
+        })
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async move {
+            // Acks are published on the connection; flushing makes sure they left.
+            match tokio::time::timeout(self.close_timeout, self.client.flush()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(BusError::broker(BACKEND, e)),
+                Err(_) => Err(BusError::Timeout {
+                    operation: "flushing acknowledgements",
+                    waited: self.close_timeout,
+                }),
+            }
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn take_error(&mut self) -> Option<BusError> {
+        self.error.lock().unwrap().take()
+    }
+}

@@ -1,0 +1,222 @@
+//! Handler worker pools: a keyed pool (a stable hash of the key picks the worker, so one key's
+//! messages are handled one at a time, in order) and a round-robin pool for raw messages.
+//! Every worker is one tokio task with a bounded queue; a full queue makes the dispatcher wait,
+//! up to the enqueue timeout.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::envelope::HEADER_AGGREGATE_ID;
+use super::{
+    BusError, Delivery, Handler, HandlerError, Message, PoolConfig, Record, RetryPolicy,
+    SubscriptionStats, Transport,
+};
+
+/// How deliveries are spread over workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dispatch {
+    /// By a stable hash of the message key (the aggregate id).
+    Keyed,
+    /// In turn.
+    RoundRobin,
+}
+
+/// What every worker of a pool shares.
+pub(crate) struct WorkerContext {
+    pub handler: Handler,
+    pub retry: RetryPolicy,
+    pub dead_letter: Option<(Arc<dyn Transport>, String)>,
+    pub stats: Arc<SubscriptionStats>,
+    pub ack_timeout: Duration,
+}
+
+pub(crate) struct Pool {
+    dispatch: Dispatch,
+    senders: RwLock<Option<Arc<[mpsc::Sender<Delivery>]>>>,
+    workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    next: AtomicUsize,
+    enqueue_timeout: Duration,
+}
+
+/// FNV-1a, 32 bits: stable across runs and platforms.
+pub fn fnv1a_32(bytes: &[u8]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in bytes {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+impl Pool {
+    pub fn start(config: &PoolConfig, dispatch: Dispatch, context: WorkerContext) -> Pool {
+        let (count, capacity) = match dispatch {
+            Dispatch::Keyed => (config.keyed_workers, config.keyed_queue),
+            Dispatch::RoundRobin => (config.global_workers, config.global_queue),
+        };
+        let context = Arc::new(context);
+        let mut senders = Vec::with_capacity(count);
+        let mut workers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (sender, receiver) = mpsc::channel(capacity);
+            senders.push(sender);
+            workers.push(tokio::spawn(run_worker(receiver, context.clone())));
+        }
+        Pool {
+            dispatch,
+            senders: RwLock::new(Some(Arc::from(senders))),
+            workers: std::sync::Mutex::new(workers),
+            next: AtomicUsize::new(0),
+            enqueue_timeout: config.enqueue_timeout,
+        }
+    }
+
+    /// Queues a delivery for its worker, waiting up to the enqueue timeout for room.
+    pub async fn dispatch(&self, delivery: Delivery) -> Result<(), BusError> {
+        let Some(senders) = self.senders.read().unwrap().clone() else {
+            return Err(BusError::Closed);
+        };
+        let index = match self.dispatch {
+            Dispatch::Keyed => {
+                let key = delivery
+                    .message
+                    .key
+                    .as_deref()
+                    .or_else(|| delivery.message.header(HEADER_AGGREGATE_ID))
+                    .unwrap_or("");
+                fnv1a_32(key.as_bytes()) as usize % senders.len()
+            }
+            Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % senders.len(),
+        };
+        let sender = &senders[index];
+        let delivery = match sender.try_send(delivery) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),
+            Err(mpsc::error::TrySendError::Full(delivery)) => delivery,
+        };
+        match sender.send_timeout(delivery, self.enqueue_timeout).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(BusError::Closed),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(BusError::Backpressure {
+                what: "the handler queue",
+                waited: self.enqueue_timeout,
+            }),
+        }
+    }
+
+    /// Stops taking deliveries and waits, up to `timeout`, for the workers to finish what
+    /// they hold. Workers still busy after that are aborted and a timeout is reported.
+    pub async fn drain(&self, timeout: Duration) -> Result<(), BusError> {
+        self.senders.write().unwrap().take();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap());
+        let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
+        let all = futures::future::join_all(workers);
+        match tokio::time::timeout(timeout, all).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                for abort in aborts {
+                    abort.abort();
+                }
+                Err(BusError::Timeout {
+                    operation: "draining the handler workers",
+                    waited: timeout,
+                })
+            }
+        }
+    }
+}
+
+async fn run_worker(mut receiver: mpsc::Receiver<Delivery>, context: Arc<WorkerContext>) {
+    while let Some(delivery) = receiver.recv().await {
+        handle(delivery, &context).await;
+    }
+}
+
+async fn handle(delivery: Delivery, context: &WorkerContext) {
+    let Delivery { mut message, acker } = delivery;
+    let mut backoff = context.retry.initial_backoff;
+    let mut attempt = 1;
+    let last_error = loop {
+        message.attempt = attempt;
+        let outcome = AssertUnwindSafe((context.handler)(message.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(HandlerError::msg("the handler panicked")));
+        match outcome {
+            Ok(()) => {
+                acker.ack().await;
+                context.stats.handled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(error) if attempt >= context.retry.max_attempts => break error,
+            Err(_) => {
+                context.stats.retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(context.retry.max_backoff);
+                attempt += 1;
+            }
+        }
+    };
+    match &context.dead_letter {
+        Some((transport, topic)) => {
+            match dead_letter(transport.as_ref(), topic, &message, &last_error, context).await {
+                Ok(()) => {
+                    acker.ack().await;
+                    context.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    acker.nak().await;
+                    context.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        None => {
+            acker.ack().await;
+            context.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn dead_letter(
+    transport: &dyn Transport,
+    topic: &str,
+    message: &Message,
+    error: &HandlerError,
+    context: &WorkerContext,
+) -> Result<(), BusError> {
+    let mut headers: Vec<(String, String)> = message.headers.to_vec();
+    headers.push(("X-Dead-Letter-Topic".into(), message.topic.to_string()));
+    headers.push(("X-Dead-Letter-Reason".into(), error.to_string()));
+    headers.push(("X-Dead-Letter-Attempts".into(), message.attempt.to_string()));
+    let record = Record {
+        key: message.key.clone(),
+        headers: Arc::from(headers),
+        payload: message.payload.clone(),
+    };
+    let ack = transport.send(topic, record).await?;
+    match tokio::time::timeout(context.ack_timeout, ack).await {
+        Ok(result) => result,
+        Err(_) => Err(BusError::Timeout {
+            operation: "dead-letter acknowledgement",
+            waited: context.ack_timeout,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a_32;
+
+    #[test]
+    fn fnv1a_matches_reference_values() {
+        assert_eq!(fnv1a_32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a_32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a_32(b"foobar"), 0xbf9c_f968);
+    }
+}

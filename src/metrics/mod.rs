@@ -1,0 +1,3 @@
+//! Measurements: the result model, HDR latency, and process resources.
+
+pub mod resources;
