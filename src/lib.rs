@@ -1,7 +1,12 @@
 //! busbench: a benchmark for event buses on Apache Kafka and NATS JetStream.
 //!
-//! The library holds everything: the [`bus`] itself, and the benchmark that drives it.
-//! `main.rs` only parses the command line and calls [`cli::main`].
+//! The library holds everything: the [`bus`] itself, the [`scenario`] model, the [`runner`]
+//! that drives the bus and measures it, the [`metrics`] it records and the [`report`]
+//! exporters. `main.rs` only calls [`cli::main`].
 
 pub mod bus;
+pub mod cli;
 pub mod metrics;
+pub mod report;
+pub mod runner;
+pub mod scenario;

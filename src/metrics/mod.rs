@@ -1,3 +1,7 @@
-//! Measurements: the result model, HDR latency, and process resources.
+//! Measurements: the result model, HDR latency, process resources, and the recorder that
+//! counts deliveries while a cell runs.
 
+pub mod latency;
+pub mod model;
+pub mod recorder;
 pub mod resources;

@@ -1,0 +1,239 @@
+//! The one result model every exporter reads. Its JSON form is described by
+//! `schema/result.schema.json`, which a test checks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::latency::Percentiles;
+use crate::scenario::{BackendKind, Mode, Scenario};
+
+/// Version of the result format; bumped when a field changes meaning or disappears.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything one `busbench run` measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    /// Version of this format ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// The scenario that was run.
+    pub scenario: ScenarioInfo,
+    /// Where it ran.
+    pub environment: Environment,
+    /// When the run started (UTC, RFC 3339).
+    pub started_at: String,
+    /// When the run ended (UTC, RFC 3339).
+    pub finished_at: String,
+    /// One result per backend and mode.
+    pub cells: Vec<CellResult>,
+    /// Whether every cell passed its thresholds.
+    pub passed: bool,
+}
+
+/// The scenario, as run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScenarioInfo {
+    /// The scenario's name.
+    pub name: String,
+    /// The file it was read from.
+    pub file: String,
+    /// FNV-1a 64 hash of the scenario's settings, to tell whether two runs did the same work.
+    pub hash: String,
+    /// Every setting, defaults filled in.
+    pub settings: Scenario,
+}
+
+/// The machine, software and brokers of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Environment {
+    /// CPU model name.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cores: usize,
+    /// Total memory, in bytes.
+    pub memory_bytes: u64,
+    /// Operating system name and version.
+    pub os: String,
+    /// Kernel version.
+    pub kernel: String,
+    /// busbench's version.
+    pub busbench_version: String,
+    /// The git commit busbench was built from (`unknown` outside a checkout).
+    pub git_commit: String,
+    /// Broker name to version, for the brokers the run used (`unknown` when the broker does
+    /// not report it).
+    pub brokers: BTreeMap<String, String>,
+    /// Broker name to address.
+    pub broker_addresses: BTreeMap<String, String>,
+}
+
+/// How a cell ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    /// Completed and passed its thresholds.
+    Ok,
+    /// Completed but failed a threshold, or did not complete (timeout, broker error).
+    Failed,
+    /// Stopped by the user (Ctrl-C).
+    Interrupted,
+}
+
+/// Throughput of a cell.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Throughput {
+    /// Acknowledged publishes per second: acknowledged / (first send to last acknowledgement).
+    pub publish_msgs_per_sec: f64,
+    /// Handled messages per second: distinct received / (first send to last handled).
+    pub e2e_msgs_per_sec: f64,
+    /// Payload megabytes (10^6 bytes) per second, end to end.
+    pub e2e_mb_per_sec: f64,
+}
+
+/// Latency percentiles of a cell, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// From the intended send time to the broker's acknowledgement.
+    pub publish: Percentiles,
+    /// From the intended send time to the start of the handler (same process, monotonic clock).
+    pub e2e: Percentiles,
+}
+
+/// The latency histograms themselves (HdrHistogram V2 deflate, base64).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Histograms {
+    /// Publish-to-acknowledgement histogram.
+    pub publish: String,
+    /// End-to-end histogram.
+    pub e2e: String,
+}
+
+/// Resident memory of the process during a cell.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Memory {
+    /// RSS before the bus was created.
+    pub rss_baseline_bytes: u64,
+    /// Highest RSS while the cell ran.
+    pub rss_peak_bytes: u64,
+    /// RSS after the bus closed minus the baseline (negative when memory was returned).
+    pub rss_growth_bytes: i64,
+}
+
+/// Tokio tasks during a cell.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Tasks {
+    /// Live tasks before the bus was created.
+    pub baseline: u64,
+    /// Most live tasks sampled while the cell ran.
+    pub peak: u64,
+    /// Live tasks left after the bus closed, above the baseline.
+    pub leaked: u64,
+}
+
+/// OS threads during a cell.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Threads {
+    /// Threads before the bus was created.
+    pub baseline: u64,
+    /// Most threads sampled while the cell ran.
+    pub peak: u64,
+    /// Threads left after the bus closed, above the baseline.
+    pub leaked: u64,
+}
+
+/// Everything measured for one backend in one mode.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CellResult {
+    /// The backend.
+    pub backend: BackendKind,
+    /// The message kind.
+    pub mode: Mode,
+    /// How the cell ended.
+    pub status: CellStatus,
+    /// Why it failed: errors and failed thresholds (empty when ok).
+    pub failures: Vec<String>,
+    /// Messages handed to the bus for publishing.
+    pub sent: u64,
+    /// Publishes the broker acknowledged.
+    pub acknowledged: u64,
+    /// Publishes that returned an error.
+    pub publish_errors: u64,
+    /// Distinct messages handled.
+    pub received: u64,
+    /// Sent messages never handled: sent - received.
+    pub lost: u64,
+    /// Deliveries of a message already handled.
+    pub duplicates: u64,
+    /// Envelopes handled out of their aggregate's publish order.
+    pub order_violations: u64,
+    /// received / sent (1 when nothing was sent).
+    pub success_rate: f64,
+    /// Seconds from the first send to the last acknowledgement.
+    pub publish_seconds: f64,
+    /// Seconds from the first send to the last handled message.
+    pub e2e_seconds: f64,
+    /// Throughput figures.
+    pub throughput: Throughput,
+    /// Latency percentiles, microseconds.
+    pub latency_us: Latency,
+    /// The latency histograms.
+    pub histograms: Histograms,
+    /// Process memory.
+    pub memory: Memory,
+    /// Tokio tasks.
+    pub tasks: Tasks,
+    /// OS threads.
+    pub threads: Threads,
+    /// Process CPU time (user + system) per handled message, microseconds.
+    pub cpu_us_per_msg: f64,
+    /// End-to-end throughput of the bare client (no bus) on the same broker and load.
+    pub ceiling_msgs_per_sec: Option<f64>,
+    /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
+    pub efficiency: Option<f64>,
+}
+
+/// FNV-1a, 64 bits, as 16 hex digits.
+pub fn fnv1a_64_hex(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Throughput in messages per second, 0 when no time passed.
+pub fn per_second(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Delivery accounting: (lost, success rate) from what was sent and distinct received.
+pub fn delivery(sent: u64, received: u64) -> (u64, f64) {
+    let lost = sent.saturating_sub(received);
+    let rate = if sent == 0 {
+        1.0
+    } else {
+        received.min(sent) as f64 / sent as f64
+    };
+    (lost, rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_on_known_inputs() {
+        assert_eq!(per_second(1000, 2.0), 500.0);
+        assert_eq!(per_second(1000, 0.0), 0.0);
+        assert_eq!(delivery(100, 97), (3, 0.97));
+        assert_eq!(delivery(100, 100), (0, 1.0));
+        assert_eq!(delivery(0, 0), (0, 1.0));
+        assert_eq!(fnv1a_64_hex(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a_64_hex(b"a"), "af63dc4c8601ec8c");
+    }
+}

@@ -1,0 +1,268 @@
+//! Counts what the handlers receive: distinct messages, duplicates, per-aggregate order, and
+//! end-to-end latency. Shared by all handler workers; the histogram is sharded so that
+//! workers rarely meet on one lock, and the shards are merged once at the end.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+
+use super::latency;
+use crate::scenario::HARNESS_HEADER_BYTES;
+
+const SHARDS: usize = 16;
+/// Set in the sequence number of warm-up messages.
+const WARMUP_FLAG: u64 = 1 << 63;
+
+/// What the harness writes at the start of every payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Intended send time, nanoseconds since the run's epoch.
+    pub intended_nanos: u64,
+    /// Sequence number of the message in its cell (0-based), or a warm-up message.
+    pub seq: u64,
+    /// Index of the message's aggregate.
+    pub aggregate: u32,
+    /// The aggregate's version carried by this message (1-based).
+    pub version: u32,
+}
+
+impl Stamp {
+    /// A warm-up message's stamp.
+    pub fn warmup(seq: u64) -> Self {
+        Stamp {
+            intended_nanos: 0,
+            seq: seq | WARMUP_FLAG,
+            aggregate: 0,
+            version: 0,
+        }
+    }
+
+    /// A payload of `size` bytes starting with this stamp, zero-padded.
+    pub fn payload(&self, size: usize) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(size.max(HARNESS_HEADER_BYTES));
+        buffer.put_u64(self.intended_nanos);
+        buffer.put_u64(self.seq);
+        buffer.put_u32(self.aggregate);
+        buffer.put_u32(self.version);
+        buffer.resize(size.max(HARNESS_HEADER_BYTES), 0);
+        buffer.freeze()
+    }
+
+    /// Reads the stamp at the start of a payload.
+    pub fn read(payload: &[u8]) -> Option<Self> {
+        let header = payload.get(..HARNESS_HEADER_BYTES)?;
+        let u64_at = |i: usize| u64::from_be_bytes(header[i..i + 8].try_into().unwrap());
+        let u32_at = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().unwrap());
+        Some(Stamp {
+            intended_nanos: u64_at(0),
+            seq: u64_at(8),
+            aggregate: u32_at(16),
+            version: u32_at(20),
+        })
+    }
+}
+
+/// Receive-side accounting of one cell.
+pub struct Recorder {
+    epoch: Instant,
+    expected: u64,
+    seen: Vec<AtomicU64>,
+    last_version: Vec<AtomicU32>,
+    check_order: bool,
+    distinct: AtomicU64,
+    deliveries: AtomicU64,
+    duplicates: AtomicU64,
+    order_violations: AtomicU64,
+    malformed: AtomicU64,
+    warmup_received: AtomicU64,
+    last_handled_nanos: AtomicU64,
+    e2e: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// A copy of a recorder's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Distinct messages handled.
+    pub distinct: u64,
+    /// Every handler call for a measured message.
+    pub deliveries: u64,
+    /// Handler calls for a message already handled.
+    pub duplicates: u64,
+    /// Messages handled out of their aggregate's order.
+    pub order_violations: u64,
+    /// Payloads without a readable stamp or with an out-of-range sequence number.
+    pub malformed: u64,
+    /// Warm-up messages handled.
+    pub warmup: u64,
+    /// When the last message was handled, nanoseconds since the epoch.
+    pub last_handled_nanos: u64,
+}
+
+impl Recorder {
+    /// A recorder for `expected` messages over `aggregates` aggregates; order is checked when
+    /// `check_order` is set.
+    pub fn new(epoch: Instant, expected: u64, aggregates: u64, check_order: bool) -> Self {
+        Recorder {
+            epoch,
+            expected,
+            seen: (0..expected.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            last_version: (0..aggregates).map(|_| AtomicU32::new(0)).collect(),
+            check_order,
+            distinct: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            order_violations: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            warmup_received: AtomicU64::new(0),
+            last_handled_nanos: AtomicU64::new(0),
+            e2e: (0..SHARDS)
+                .map(|_| Mutex::new(latency::new_histogram()))
+                .collect(),
+        }
+    }
+
+    /// Nanoseconds since the run's epoch, on the monotonic clock.
+    pub fn now_nanos(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Accounts for one handled payload.
+    pub fn on_message(&self, payload: &[u8]) {
+        let now = self.now_nanos();
+        let Some(stamp) = Stamp::read(payload) else {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if stamp.seq & WARMUP_FLAG != 0 {
+            self.warmup_received.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if stamp.seq >= self.expected {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        let bit = 1u64 << (stamp.seq % 64);
+        let before = self.seen[(stamp.seq / 64) as usize].fetch_or(bit, Ordering::AcqRel);
+        if before & bit != 0 {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.check_order {
+            if let Some(last) = self.last_version.get(stamp.aggregate as usize) {
+                let previous = last.swap(stamp.version, Ordering::AcqRel);
+                if stamp.version != previous + 1 {
+                    self.order_violations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let micros = now.saturating_sub(stamp.intended_nanos) / 1000;
+        let shard = (stamp.seq as usize) % SHARDS;
+        latency::record(&mut self.e2e[shard].lock().unwrap(), micros);
+        self.last_handled_nanos.fetch_max(now, Ordering::Relaxed);
+        self.distinct.fetch_add(1, Ordering::Release);
+    }
+
+    /// Distinct measured messages handled so far.
+    pub fn distinct(&self) -> u64 {
+        self.distinct.load(Ordering::Acquire)
+    }
+
+    /// Warm-up messages handled so far.
+    pub fn warmup_received(&self) -> u64 {
+        self.warmup_received.load(Ordering::Acquire)
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Received {
+        Received {
+            distinct: self.distinct(),
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            order_violations: self.order_violations.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            warmup: self.warmup_received(),
+            last_handled_nanos: self.last_handled_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The end-to-end histogram, shards merged.
+    pub fn e2e_histogram(&self) -> Histogram<u64> {
+        let mut merged = latency::new_histogram();
+        for shard in &self.e2e {
+            merged.add(&*shard.lock().unwrap()).expect("same bounds");
+        }
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(seq: u64, aggregate: u32, version: u32) -> Bytes {
+        Stamp {
+            intended_nanos: 0,
+            seq,
+            aggregate,
+            version,
+        }
+        .payload(32)
+    }
+
+    #[test]
+    fn stamps_round_trip() {
+        let s = Stamp {
+            intended_nanos: 123_456_789,
+            seq: 42,
+            aggregate: 7,
+            version: 3,
+        };
+        let payload = s.payload(100);
+        assert_eq!(payload.len(), 100);
+        assert_eq!(Stamp::read(&payload), Some(s));
+        assert_eq!(Stamp::read(&payload[..10]), None);
+    }
+
+    #[test]
+    fn counts_distinct_duplicates_and_order() {
+        let recorder = Recorder::new(Instant::now(), 6, 2, true);
+        // Aggregate 0: versions 1, 2, 3 in order. Aggregate 1: 1, then 3 before 2.
+        for payload in [
+            stamp(0, 0, 1),
+            stamp(1, 1, 1),
+            stamp(2, 0, 2),
+            stamp(4, 1, 3),
+            stamp(3, 1, 2),
+            stamp(2, 0, 2), // duplicate delivery
+            stamp(5, 0, 3),
+        ] {
+            recorder.on_message(&payload);
+        }
+        recorder.on_message(&Stamp::warmup(9).payload(32));
+        recorder.on_message(b"short");
+        recorder.on_message(&stamp(99, 0, 1)); // out of range
+        let r = recorder.snapshot();
+        assert_eq!(r.distinct, 6);
+        assert_eq!(r.deliveries, 7);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.order_violations, 2, "3 after 1 and 2 after 3");
+        assert_eq!(r.warmup, 1);
+        assert_eq!(r.malformed, 2);
+        assert_eq!(recorder.e2e_histogram().len(), 6);
+    }
+
+    #[test]
+    fn raw_mode_does_not_check_order() {
+        let recorder = Recorder::new(Instant::now(), 2, 1, false);
+        recorder.on_message(&stamp(1, 0, 2));
+        recorder.on_message(&stamp(0, 0, 1));
+        assert_eq!(recorder.snapshot().order_violations, 0);
+        assert_eq!(recorder.snapshot().distinct, 2);
+    }
+}

@@ -1,0 +1,146 @@
+//! The markdown report: environment, scenario, comparison tables, percentiles per cell, and a
+//! link to the latency chart.
+
+use std::fmt::Write;
+
+use super::{Exporter, table};
+use crate::metrics::model::{CellStatus, RunResult};
+
+/// The markdown report; `chart_file` is the SVG chart's file name, linked when given.
+pub struct MarkdownExporter {
+    /// The latency chart, relative to the report.
+    pub chart_file: Option<String>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1024.0 * 1024.0 * 1024.0))
+}
+
+impl Exporter for MarkdownExporter {
+    fn extension(&self) -> &'static str {
+        "md"
+    }
+
+    fn render(&self, result: &RunResult) -> anyhow::Result<Vec<u8>> {
+        let mut out = String::new();
+        let scenario = &result.scenario.settings;
+        let env = &result.environment;
+        writeln!(out, "# busbench: {}", result.scenario.name)?;
+        writeln!(out)?;
+        if !scenario.description.is_empty() {
+            writeln!(out, "{}", scenario.description.trim())?;
+            writeln!(out)?;
+        }
+        writeln!(
+            out,
+            "Run from {} to {}: **{}**.",
+            result.started_at,
+            result.finished_at,
+            if result.passed {
+                "all cells passed"
+            } else {
+                "some cells FAILED"
+            }
+        )?;
+        writeln!(out)?;
+        writeln!(out, "## Environment")?;
+        writeln!(out)?;
+        writeln!(out, "| | |")?;
+        writeln!(out, "|---|---|")?;
+        writeln!(
+            out,
+            "| CPU | {} ({} logical cores) |",
+            env.cpu_model, env.cores
+        )?;
+        writeln!(out, "| memory | {} |", mib(env.memory_bytes))?;
+        writeln!(out, "| OS | {} (kernel {}) |", env.os, env.kernel)?;
+        writeln!(
+            out,
+            "| busbench | {} (commit {}) |",
+            env.busbench_version, env.git_commit
+        )?;
+        for (broker, version) in &env.brokers {
+            let address = env.broker_addresses.get(broker).map_or("", String::as_str);
+            writeln!(out, "| {broker} | {version} at {address} |")?;
+        }
+        writeln!(out)?;
+        writeln!(out, "## Scenario")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} messages per cell ({} warm-up), {} topics, {} Kafka partitions, {} aggregates, \
+             {}-byte payloads, {} publishers, {} in flight, rate {}, timeout {}. \
+             Scenario hash `{}`, file `{}`.",
+            scenario.total_messages(),
+            scenario.warmup,
+            scenario.topics,
+            scenario.partitions,
+            scenario.aggregates,
+            scenario.payload_bytes,
+            scenario.publishers,
+            scenario.max_in_flight,
+            if scenario.rate == 0 {
+                "as fast as possible".to_owned()
+            } else {
+                format!("{} msg/s", scenario.rate)
+            },
+            scenario.timeout,
+            result.scenario.hash,
+            result.scenario.file,
+        )?;
+        writeln!(out)?;
+        writeln!(out, "## Comparison")?;
+        writeln!(out)?;
+        out.push_str(&table::markdown(result));
+        writeln!(out, "## Latency percentiles per cell (µs)")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "| cell | kind | p50 | p90 | p99 | p99.9 | max | mean | samples |"
+        )?;
+        writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+        for cell in &result.cells {
+            for (kind, p) in [
+                ("publish", &cell.latency_us.publish),
+                ("end-to-end", &cell.latency_us.e2e),
+            ] {
+                writeln!(
+                    out,
+                    "| {}/{} | {kind} | {} | {} | {} | {} | {} | {:.0} | {} |",
+                    cell.backend, cell.mode, p.p50, p.p90, p.p99, p.p999, p.max, p.mean, p.count
+                )?;
+            }
+        }
+        writeln!(out)?;
+        if let Some(chart) = &self.chart_file {
+            writeln!(out, "![Latency by percentile]({chart})")?;
+            writeln!(out)?;
+        }
+        let failed: Vec<_> = result
+            .cells
+            .iter()
+            .filter(|c| c.status != CellStatus::Ok)
+            .collect();
+        if !failed.is_empty() {
+            writeln!(out, "## Failures")?;
+            writeln!(out)?;
+            for cell in failed {
+                writeln!(
+                    out,
+                    "- {}/{}: {}",
+                    cell.backend,
+                    cell.mode,
+                    cell.failures.join("; ")
+                )?;
+            }
+            writeln!(out)?;
+        }
+        writeln!(
+            out,
+            "Latency is measured from the intended send time (so a stalled sender cannot hide \
+             queueing); end-to-end latency runs to the start of the handler, on one monotonic \
+             clock in one process. Throughput ends at the last handled message."
+        )?;
+        Ok(out.into_bytes())
+    }
+}

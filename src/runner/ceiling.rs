@@ -1,0 +1,267 @@
+//! The ceiling: the same raw load through the bare client (rdkafka, async-nats, a tokio
+//! channel for memory), without the bus, against the same broker in the same run. The bus's
+//! efficiency is its end-to-end throughput divided by this.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::bus::{BackendConfig, BusConfig};
+use crate::metrics::recorder::Stamp;
+
+/// The load of a ceiling run.
+#[derive(Debug, Clone)]
+pub struct CeilingLoad {
+    /// Messages to send and receive.
+    pub messages: u64,
+    /// Payload size.
+    pub payload_bytes: usize,
+    /// Acknowledgements in flight.
+    pub max_in_flight: usize,
+    /// A topic name no one else uses.
+    pub topic: String,
+    /// Bound on the whole run.
+    pub timeout: Duration,
+}
+
+/// Runs the bare-client load and returns its end-to-end throughput in messages per second.
+pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, String> {
+    let run = async {
+        match &config.backend {
+            BackendConfig::Memory(_) => memory(load).await,
+            BackendConfig::Kafka(kafka) => kafka_ceiling(kafka, load).await,
+            BackendConfig::Nats(nats) => nats_ceiling(nats, load).await,
+        }
+    };
+    tokio::time::timeout(load.timeout, run).await.map_err(|_| {
+        format!(
+            "the bare-client run did not finish within {:?}",
+            load.timeout
+        )
+    })?
+}
+
+fn payload(load: &CeilingLoad, seq: u64) -> bytes::Bytes {
+    Stamp {
+        intended_nanos: 0,
+        seq,
+        aggregate: 0,
+        version: 0,
+    }
+    .payload(load.payload_bytes)
+}
+
+async fn memory(load: &CeilingLoad) -> Result<f64, String> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(load.max_in_flight.max(1));
+    let messages = load.messages;
+    let consumer = tokio::spawn(async move {
+        let mut received = 0u64;
+        while received < messages {
+            match receiver.recv().await {
+                Some(_payload) => received += 1,
+                None => break,
+            }
+        }
+        (received, Instant::now())
+    });
+    let start = Instant::now();
+    for seq in 0..messages {
+        sender
+            .send(payload(load, seq))
+            .await
+            .map_err(|_| "the channel closed".to_owned())?;
+    }
+    let (received, end) = consumer.await.map_err(|e| e.to_string())?;
+    Ok(received as f64 / (end - start).as_secs_f64())
+}
+
+async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> Result<f64, String> {
+    let mut producer_config = ClientConfig::new();
+    producer_config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "queue.buffering.max.messages",
+            load.max_in_flight.max(100_000).to_string(),
+        );
+    for (key, value) in kafka.properties.iter().chain(&kafka.producer_properties) {
+        producer_config.set(key, value);
+    }
+    let producer: FutureProducer = producer_config.create().map_err(|e| e.to_string())?;
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap_servers)
+            .create()
+            .map_err(|e| e.to_string())?;
+    let topic = rdkafka::admin::NewTopic::new(
+        &load.topic,
+        kafka.partitions,
+        rdkafka::admin::TopicReplication::Fixed(kafka.replication_factor),
+    );
+    admin
+        .create_topics([&topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", format!("{}-ceiling", load.topic))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    for (key, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
+        consumer_config.set(key, value);
+    }
+    let consumer: StreamConsumer = consumer_config.create().map_err(|e| e.to_string())?;
+    consumer
+        .subscribe(&[&load.topic])
+        .map_err(|e| e.to_string())?;
+    // Wait for the assignment so that group joining is not counted as throughput.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        if Instant::now() > deadline {
+            return Err("the bare consumer got no partitions within 30s".into());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = consumer.recv() => return Err("a message arrived on a fresh topic".into()),
+        }
+    }
+    let messages = load.messages;
+    let receive = async {
+        let mut stream = consumer.stream();
+        let mut received = 0u64;
+        while received < messages {
+            match stream.next().await {
+                Some(Ok(_)) => received += 1,
+                Some(Err(_)) => continue,
+                None => break,
+            }
+        }
+        Instant::now()
+    };
+    let send = async {
+        let start = Instant::now();
+        let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
+        for seq in 0..messages {
+            let body = payload(load, seq);
+            let mut record: FutureRecord<'_, (), [u8]> =
+                FutureRecord::to(&load.topic).payload(&body[..]);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        in_flight.push_back(delivery);
+                        break;
+                    }
+                    Err((_, returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            if in_flight.len() >= load.max_in_flight {
+                if let Some(delivery) = in_flight.pop_front() {
+                    delivery
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|(e, _)| e.to_string())?;
+                }
+            }
+        }
+        for delivery in in_flight {
+            delivery
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|(e, _)| e.to_string())?;
+        }
+        Ok::<Instant, String>(start)
+    };
+    let (start, end) = tokio::join!(send, receive);
+    let start = start?;
+    let _ = admin
+        .delete_topics(&[&load.topic], &rdkafka::admin::AdminOptions::new())
+        .await;
+    Ok(messages as f64 / (end - start).as_secs_f64())
+}
+
+async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Result<f64, String> {
+    use async_nats::jetstream::{self, consumer, stream};
+    let client = async_nats::connect(nats.url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let context = jetstream::new(client.clone());
+    let stream_name = format!("CEILING_{}", load.topic.replace(['.', '*', '>'], "_"));
+    let stream = context
+        .get_or_create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![load.topic.clone()],
+            storage: match nats.storage {
+                crate::bus::NatsStorage::File => stream::StorageType::File,
+                crate::bus::NatsStorage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: nats.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pull: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "ceiling",
+            consumer::pull::Config {
+                durable_name: Some("ceiling".into()),
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages_stream = pull
+        .stream()
+        .max_messages_per_batch(nats.fetch_batch)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let messages = load.messages;
+    let receive = async {
+        let mut received = 0u64;
+        while received < messages {
+            match messages_stream.next().await {
+                Some(Ok(_)) => received += 1,
+                Some(Err(_)) => continue,
+                None => break,
+            }
+        }
+        Instant::now()
+    };
+    let send = async {
+        let start = Instant::now();
+        let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
+        for seq in 0..messages {
+            let ack = context
+                .publish(load.topic.clone(), payload(load, seq))
+                .await
+                .map_err(|e| e.to_string())?;
+            in_flight.push_back(ack);
+            if in_flight.len() >= load.max_in_flight {
+                if let Some(ack) = in_flight.pop_front() {
+                    ack.await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        for ack in in_flight {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        Ok::<Instant, String>(start)
+    };
+    let (start, end) = tokio::join!(send, receive);
+    let start = start?;
+    drop(messages_stream);
+    let _ = context.delete_stream(&stream_name).await;
+    let _ = client.drain().await;
+    Ok(messages as f64 / (end - start).as_secs_f64())
+}

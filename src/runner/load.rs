@@ -1,0 +1,205 @@
+//! The load loop: publishers that send on schedule and record publish latency, each with its
+//! own counters and histogram, handed over when done.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+
+use crate::bus::{BusError, Envelope, EventBus, PublishReceipt};
+use crate::metrics::latency;
+use crate::metrics::recorder::{Recorder, Stamp};
+use crate::scenario::Mode;
+
+/// The shape of one cell's load.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Raw messages or envelopes.
+    pub mode: Mode,
+    /// Topics, messages spread over them (envelopes: by aggregate).
+    pub topics: Arc<[String]>,
+    /// Messages in all.
+    pub messages: u64,
+    /// Aggregates (envelope mode).
+    pub aggregates: u64,
+    /// Concurrent publishers.
+    pub publishers: u32,
+    /// Target rate over all publishers, messages per second (0: as fast as possible).
+    pub rate: u64,
+    /// Payload size.
+    pub payload_bytes: usize,
+    /// Receipts a publisher keeps in flight (the bus's window bounds the total).
+    pub in_flight_per_publisher: usize,
+}
+
+/// What one publisher did.
+#[derive(Debug)]
+pub struct PublisherReport {
+    /// Messages handed to the bus.
+    pub sent: u64,
+    /// Publishes acknowledged.
+    pub acknowledged: u64,
+    /// Publishes that failed, with the first error.
+    pub errors: u64,
+    /// The first error, if any.
+    pub first_error: Option<String>,
+    /// Publish latency from the intended send time to the acknowledgement.
+    pub latency: Histogram<u64>,
+    /// When the last acknowledgement arrived, nanoseconds since the epoch.
+    pub last_ack_nanos: u64,
+}
+
+/// Messages of publisher `index`: an even share, the first ones taking the remainder.
+pub fn share(messages: u64, publishers: u32, index: u32) -> (u64, u64) {
+    let publishers = u64::from(publishers);
+    let index = u64::from(index);
+    let base = messages / publishers;
+    let extra = messages % publishers;
+    let count = base + u64::from(index < extra);
+    let first = index * base + index.min(extra);
+    (first, count)
+}
+
+/// Runs publisher `index` of the plan to completion. `sent_counter` is shared for progress.
+pub async fn publish(
+    bus: Arc<EventBus>,
+    plan: Arc<LoadPlan>,
+    index: u32,
+    recorder: Arc<Recorder>,
+    sent_counter: Arc<AtomicU64>,
+) -> PublisherReport {
+    let (first_seq, count) = share(plan.messages, plan.publishers, index);
+    // Aggregates owned by this publisher: a % publishers == index, so each aggregate has one
+    // publisher and a well-defined publish order.
+    let owned: Vec<u64> = (u64::from(index)..plan.aggregates.max(1))
+        .step_by(plan.publishers as usize)
+        .collect();
+    let mut versions = vec![0u32; owned.len()];
+    let (receipts, mut pending) =
+        mpsc::channel::<(PublishReceipt, u64)>(plan.in_flight_per_publisher.max(1));
+    let collector_recorder = recorder.clone();
+    let collector = tokio::spawn(async move {
+        let mut histogram = latency::new_histogram();
+        let (mut acknowledged, mut errors, mut first_error, mut last_ack) = (0, 0, None, 0);
+        while let Some((receipt, intended)) = pending.recv().await {
+            match receipt.await {
+                Ok(()) => {
+                    let now = collector_recorder.now_nanos();
+                    latency::record(&mut histogram, now.saturating_sub(intended) / 1000);
+                    acknowledged += 1;
+                    last_ack = now;
+                }
+                Err(error) => {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| error.to_string());
+                }
+            }
+        }
+        (histogram, acknowledged, errors, first_error, last_ack)
+    });
+    let per_publisher_rate = plan.rate as f64 / f64::from(plan.publishers);
+    let start = recorder.now_nanos();
+    let mut sent = 0;
+    let mut send_errors = 0;
+    let mut first_send_error = None;
+    for k in 0..count {
+        let seq = first_seq + k;
+        let intended = if per_publisher_rate > 0.0 {
+            let due = start + (k as f64 * 1e9 / per_publisher_rate) as u64;
+            let now = recorder.now_nanos();
+            if due > now {
+                tokio::time::sleep(Duration::from_nanos(due - now)).await;
+            }
+            due
+        } else {
+            recorder.now_nanos()
+        };
+        let result: Result<PublishReceipt, BusError> = match plan.mode {
+            Mode::Raw => {
+                let stamp = Stamp {
+                    intended_nanos: intended,
+                    seq,
+                    aggregate: 0,
+                    version: 0,
+                };
+                let topic = &plan.topics[(seq % plan.topics.len() as u64) as usize];
+                bus.publish_pipelined(topic, stamp.payload(plan.payload_bytes))
+                    .await
+            }
+            Mode::Envelope => {
+                let slot = (k % owned.len() as u64) as usize;
+                versions[slot] += 1;
+                let aggregate = owned[slot];
+                let stamp = Stamp {
+                    intended_nanos: intended,
+                    seq,
+                    aggregate: aggregate as u32,
+                    version: versions[slot],
+                };
+                let topic = &plan.topics[(aggregate % plan.topics.len() as u64) as usize];
+                let envelope = Envelope::new(
+                    format!("aggregate-{aggregate}"),
+                    "BenchmarkEvent",
+                    i64::from(versions[slot]),
+                    stamp.payload(plan.payload_bytes),
+                );
+                bus.publish_envelope_pipelined(topic, &envelope).await
+            }
+        };
+        match result {
+            Ok(receipt) => {
+                sent += 1;
+                sent_counter.fetch_add(1, Ordering::Relaxed);
+                if receipts.send((receipt, intended)).await.is_err() {
+                    break;
+                }
+            }
+            Err(error) => {
+                send_errors += 1;
+                first_send_error.get_or_insert_with(|| error.to_string());
+                if matches!(error, BusError::Closed) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(receipts);
+    let (histogram, acknowledged, ack_errors, first_ack_error, last_ack_nanos) =
+        collector.await.unwrap_or_else(|_| {
+            (
+                latency::new_histogram(),
+                0,
+                1,
+                Some("the acknowledgement collector panicked".into()),
+                0,
+            )
+        });
+    PublisherReport {
+        sent,
+        acknowledged,
+        errors: send_errors + ack_errors,
+        first_error: first_send_error.or(first_ack_error),
+        latency: histogram,
+        last_ack_nanos,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_cover_every_message_once() {
+        for (messages, publishers) in [(10, 3), (9, 3), (1, 1), (1000, 7)] {
+            let mut next = 0;
+            for index in 0..publishers {
+                let (first, count) = share(messages, publishers, index);
+                assert_eq!(first, next);
+                next += count;
+            }
+            assert_eq!(next, messages);
+        }
+    }
+}

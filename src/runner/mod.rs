@@ -1,0 +1,649 @@
+//! Runs a scenario: for each mode and backend one cell, measured in isolation (a fresh bus in
+//! a fresh tokio runtime), in phases: set-up, warm-up, measure, drain, teardown.
+//!
+//! Timing ends when the last expected message is handled, never after a fixed sleep; a cell
+//! that does not finish within the scenario's timeout fails.
+
+pub mod ceiling;
+mod environment;
+pub mod load;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::bus::{
+    BusConfig, EventBus, KafkaConfig, NatsConfig, NatsStorage, SubscribeOptions, envelope_handler,
+    handler,
+};
+use crate::metrics::latency::{self, Percentiles};
+use crate::metrics::model::{
+    CellResult, CellStatus, Histograms, Latency, Memory, RunResult, ScenarioInfo, Tasks, Threads,
+    Throughput, delivery, fnv1a_64_hex, per_second,
+};
+use crate::metrics::recorder::{Recorder, Stamp};
+use crate::metrics::resources;
+use crate::scenario::{BackendKind, Mode, Scenario, StorageKind};
+
+pub use environment::collect_environment;
+
+/// Where the brokers are, and how the run reports.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap: String,
+    /// NATS URL.
+    pub nats_url: String,
+    /// The Kafka broker's version, when known (the protocol does not report it).
+    pub kafka_version: Option<String>,
+    /// Only these backends, overriding the scenario's list.
+    pub backends: Option<Vec<BackendKind>>,
+    /// Draw live progress bars (on a terminal).
+    pub progress: bool,
+    /// The scenario file's path, for the report.
+    pub scenario_file: PathBuf,
+}
+
+/// A run that could not be carried out at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A broker could not be reached or another part of the infrastructure failed.
+    #[error("{0}")]
+    Infrastructure(String),
+}
+
+/// Cell count, tasks, and the outcome of a run.
+pub struct RunOutcome {
+    /// The result model.
+    pub result: RunResult,
+    /// Whether some cell could not reach its broker.
+    pub infrastructure_failure: bool,
+}
+
+/// The bus configuration a scenario asks for on a backend.
+pub fn bus_config(scenario: &Scenario, backend: BackendKind, options: &RunOptions) -> BusConfig {
+    let mut config = match backend {
+        BackendKind::Memory => BusConfig::memory(),
+        BackendKind::Kafka => {
+            let mut kafka = KafkaConfig::new(&options.kafka_bootstrap);
+            kafka.partitions = scenario.partitions;
+            kafka.properties = scenario.kafka.properties.clone();
+            kafka.producer_properties = scenario.kafka.producer.clone();
+            kafka.consumer_properties = scenario.kafka.consumer.clone();
+            BusConfig::new(crate::bus::BackendConfig::Kafka(kafka))
+        }
+        BackendKind::Nats => {
+            let mut nats = NatsConfig::new(&options.nats_url);
+            nats.storage = match scenario.nats.storage {
+                StorageKind::File => NatsStorage::File,
+                StorageKind::Memory => NatsStorage::Memory,
+            };
+            nats.replicas = scenario.nats.replicas;
+            BusConfig::new(crate::bus::BackendConfig::Nats(nats))
+        }
+    };
+    config.publish_window = scenario.max_in_flight;
+    let bound = scenario.timeout();
+    config.publish_timeout = bound;
+    config.ack_timeout = bound;
+    config.pool.enqueue_timeout = bound;
+    config
+}
+
+/// Runs every cell of the scenario.
+pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
+    let started_at = chrono::Utc::now();
+    let run_id = format!("{}", started_at.format("%Y%m%d%H%M%S%3f"));
+    let backends: Vec<BackendKind> = match &options.backends {
+        Some(list) => list.clone(),
+        None => scenario.backends.clone(),
+    };
+    let mut infrastructure_failure = false;
+    let mut ceilings: BTreeMap<BackendKind, Result<f64, String>> = BTreeMap::new();
+    let mut cells = Vec::new();
+    let mut broker_versions = BTreeMap::new();
+    for &backend in &backends {
+        if scenario.ceiling {
+            let value = measure_ceiling(scenario, backend, options, &run_id);
+            if let Err(e) = &value {
+                eprintln!("busbench: {backend}: bare-client ceiling failed: {e}");
+            }
+            ceilings.insert(backend, value);
+        }
+    }
+    for &mode in &scenario.modes {
+        for &backend in &backends {
+            let ceiling = ceilings
+                .get(&backend)
+                .and_then(|c| c.as_ref().ok().copied());
+            let (cell, version, unreachable) =
+                run_cell(scenario, backend, mode, options, &run_id, ceiling);
+            if let Some(version) = version {
+                broker_versions.insert(backend.name().to_owned(), version);
+            }
+            infrastructure_failure |= unreachable;
+            cells.push(cell);
+        }
+    }
+    if let Some(version) = &options.kafka_version {
+        if backends.contains(&BackendKind::Kafka) {
+            broker_versions.insert("kafka".into(), version.clone());
+        }
+    }
+    let settings_json = serde_json::to_vec(scenario).unwrap_or_default();
+    let mut environment = collect_environment(broker_versions);
+    for backend in &backends {
+        let address = match backend {
+            BackendKind::Kafka => options.kafka_bootstrap.clone(),
+            BackendKind::Nats => options.nats_url.clone(),
+            BackendKind::Memory => "in-process".into(),
+        };
+        environment
+            .broker_addresses
+            .insert(backend.name().to_owned(), address);
+        environment
+            .brokers
+            .entry(backend.name().to_owned())
+            .or_insert_with(|| match backend {
+                BackendKind::Memory => env!("CARGO_PKG_VERSION").to_owned(),
+                _ => "unknown".to_owned(),
+            });
+    }
+    let passed = cells.iter().all(|c| c.status == CellStatus::Ok);
+    RunOutcome {
+        result: RunResult {
+            schema_version: crate::metrics::model::SCHEMA_VERSION,
+            scenario: ScenarioInfo {
+                name: scenario.name.clone(),
+                file: options.scenario_file.display().to_string(),
+                hash: fnv1a_64_hex(&settings_json),
+                settings: scenario.clone(),
+            },
+            environment,
+            started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            cells,
+            passed,
+        },
+        infrastructure_failure,
+    }
+}
+
+fn new_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(100))
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
+}
+
+fn measure_ceiling(
+    scenario: &Scenario,
+    backend: BackendKind,
+    options: &RunOptions,
+    run_id: &str,
+) -> Result<f64, String> {
+    let runtime = new_runtime();
+    let config = bus_config(scenario, backend, options);
+    let load = ceiling::CeilingLoad {
+        messages: scenario.total_messages(),
+        payload_bytes: scenario.payload_bytes,
+        max_in_flight: scenario.max_in_flight,
+        topic: format!("busbench.{}.{run_id}.ceiling", scenario.name),
+        timeout: scenario.timeout(),
+    };
+    runtime.block_on(ceiling::measure(&config, &load))
+}
+
+/// What the measuring phase produced.
+struct Measured {
+    sent: u64,
+    acknowledged: u64,
+    publish_errors: u64,
+    first_error: Option<String>,
+    publish_histogram: hdrhistogram::Histogram<u64>,
+    last_ack_nanos: u64,
+    first_send_nanos: u64,
+    completed: bool,
+    broker_version: Option<String>,
+    /// Live tasks when the last message was handled, before anything closed.
+    tasks_at_end: u64,
+}
+
+/// Fails the cell with the broker unreachable (true) or another error (false).
+struct CellFailure {
+    message: String,
+    unreachable: bool,
+}
+
+fn run_cell(
+    scenario: &Scenario,
+    backend: BackendKind,
+    mode: Mode,
+    options: &RunOptions,
+    run_id: &str,
+    ceiling: Option<f64>,
+) -> (CellResult, Option<String>, bool) {
+    release_freed_memory();
+    reset_peak_rss();
+    let runtime = new_runtime();
+    let handle = runtime.handle().clone();
+    // The sampler thread exists before the baseline, so it is not counted as a leak.
+    let sampler = progress::Sampler::start(handle.clone());
+    let tasks_baseline = resources::alive_tasks(&handle);
+    let threads_baseline = resources::thread_count();
+    let rss_baseline = resources::rss_bytes();
+    let cpu_before = resources::cpu_time();
+    let total = scenario.total_messages();
+    let epoch = Instant::now();
+    let recorder = Arc::new(Recorder::new(
+        epoch,
+        total,
+        scenario.aggregates,
+        mode == Mode::Envelope,
+    ));
+    let bar = progress::CellProgress::new(options.progress, backend, mode, total);
+    let sent_counter = Arc::new(AtomicU64::new(0));
+    sampler.watch(recorder.clone(), sent_counter.clone(), bar.clone());
+    let measured = runtime.block_on(drive(
+        scenario,
+        backend,
+        mode,
+        options,
+        run_id,
+        recorder.clone(),
+        sent_counter,
+    ));
+    let cpu = resources::cpu_time().saturating_sub(cpu_before);
+    let settle = Duration::from_secs(5);
+    let tasks_after = resources::settle(tasks_baseline, settle, || resources::alive_tasks(&handle));
+    let threads_after = resources::settle(threads_baseline, settle, resources::thread_count);
+    let rss_after = resources::rss_bytes();
+    let samples = sampler.stop();
+    bar.finish();
+    drop(runtime);
+
+    let received = recorder.snapshot();
+    let mut failures = Vec::new();
+    let mut unreachable = false;
+    let measured = match measured {
+        Ok(measured) => Some(measured),
+        Err(failure) => {
+            unreachable = failure.unreachable;
+            failures.push(failure.message);
+            None
+        }
+    };
+    let (sent, acknowledged, publish_errors, publish_histogram, first_send, last_ack) =
+        match &measured {
+            Some(m) => (
+                m.sent,
+                m.acknowledged,
+                m.publish_errors,
+                m.publish_histogram.clone(),
+                m.first_send_nanos,
+                m.last_ack_nanos,
+            ),
+            None => (0, 0, 0, latency::new_histogram(), 0, 0),
+        };
+    if let Some(m) = &measured {
+        if let Some(error) = &m.first_error {
+            failures.push(format!(
+                "{} publishes failed; first: {error}",
+                m.publish_errors
+            ));
+        }
+        if !m.completed {
+            failures.push(format!(
+                "timed out after {:?} with {} of {} messages handled",
+                scenario.timeout(),
+                received.distinct,
+                m.sent
+            ));
+        }
+    }
+    let e2e_histogram = recorder.e2e_histogram();
+    let publish_seconds = last_ack.saturating_sub(first_send) as f64 / 1e9;
+    let e2e_seconds = received.last_handled_nanos.saturating_sub(first_send) as f64 / 1e9;
+    let (lost, success_rate) = delivery(
+        sent.max(total * u64::from(measured.is_none())),
+        received.distinct,
+    );
+    let e2e_rate = per_second(received.distinct, e2e_seconds);
+    let mut cell = CellResult {
+        backend,
+        mode,
+        status: CellStatus::Ok,
+        failures,
+        sent,
+        acknowledged,
+        publish_errors,
+        received: received.distinct,
+        lost,
+        duplicates: received.duplicates,
+        order_violations: received.order_violations,
+        success_rate,
+        publish_seconds,
+        e2e_seconds,
+        throughput: Throughput {
+            publish_msgs_per_sec: per_second(acknowledged, publish_seconds),
+            e2e_msgs_per_sec: e2e_rate,
+            e2e_mb_per_sec: e2e_rate * scenario.payload_bytes as f64 / 1e6,
+        },
+        latency_us: Latency {
+            publish: Percentiles::of(&publish_histogram),
+            e2e: Percentiles::of(&e2e_histogram),
+        },
+        histograms: Histograms {
+            publish: latency::encode(&publish_histogram),
+            e2e: latency::encode(&e2e_histogram),
+        },
+        memory: Memory {
+            rss_baseline_bytes: rss_baseline,
+            rss_peak_bytes: samples.rss_peak.max(resources::rss_peak_bytes()),
+            rss_growth_bytes: rss_after as i64 - rss_baseline as i64,
+        },
+        tasks: Tasks {
+            baseline: tasks_baseline,
+            peak: samples
+                .tasks_peak
+                .max(measured.as_ref().map_or(0, |m| m.tasks_at_end)),
+            leaked: tasks_after.saturating_sub(tasks_baseline),
+        },
+        threads: Threads {
+            baseline: threads_baseline,
+            peak: samples.threads_peak,
+            leaked: threads_after.saturating_sub(threads_baseline),
+        },
+        cpu_us_per_msg: if received.distinct > 0 {
+            cpu.as_secs_f64() * 1e6 / received.distinct as f64
+        } else {
+            0.0
+        },
+        ceiling_msgs_per_sec: ceiling,
+        efficiency: ceiling.filter(|c| *c > 0.0).map(|c| e2e_rate / c),
+    };
+    apply_thresholds(&mut cell, scenario);
+    if !options.progress {
+        eprintln!(
+            "busbench: {backend}/{mode}: {} sent, {} received, {:.0} msg/s end to end, {}",
+            cell.sent,
+            cell.received,
+            cell.throughput.e2e_msgs_per_sec,
+            match cell.status {
+                CellStatus::Ok => "ok".to_owned(),
+                _ => format!("FAILED: {}", cell.failures.join("; ")),
+            }
+        );
+    }
+    let version = measured.and_then(|m| m.broker_version);
+    (cell, version, unreachable)
+}
+
+/// Checks a cell against the scenario's thresholds; any failure marks it failed.
+pub fn apply_thresholds(cell: &mut CellResult, scenario: &Scenario) {
+    let t = &scenario.thresholds;
+    if cell.success_rate < t.min_success_rate {
+        cell.failures.push(format!(
+            "success rate {:.4} is below {}",
+            cell.success_rate, t.min_success_rate
+        ));
+    }
+    if cell.order_violations > t.max_order_violations {
+        cell.failures.push(format!(
+            "{} order violations (at most {})",
+            cell.order_violations, t.max_order_violations
+        ));
+    }
+    if cell.tasks.leaked > t.max_leaked_tasks {
+        cell.failures.push(format!(
+            "{} tasks left after close (at most {})",
+            cell.tasks.leaked, t.max_leaked_tasks
+        ));
+    }
+    if cell.threads.leaked > t.max_leaked_threads {
+        cell.failures.push(format!(
+            "{} threads left after close (at most {})",
+            cell.threads.leaked, t.max_leaked_threads
+        ));
+    }
+    if let Some(limit_ms) = t.max_e2e_p99_ms {
+        let p99_ms = cell.latency_us.e2e.p99 as f64 / 1000.0;
+        if p99_ms > limit_ms {
+            cell.failures.push(format!(
+                "end-to-end p99 {p99_ms:.1} ms is above {limit_ms} ms"
+            ));
+        }
+    }
+    if !cell.failures.is_empty() {
+        cell.status = CellStatus::Failed;
+    }
+}
+
+async fn drive(
+    scenario: &Scenario,
+    backend: BackendKind,
+    mode: Mode,
+    options: &RunOptions,
+    run_id: &str,
+    recorder: Arc<Recorder>,
+    sent_counter: Arc<AtomicU64>,
+) -> Result<Measured, CellFailure> {
+    let timeout = scenario.timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let config = bus_config(scenario, backend, options);
+    let bus = EventBus::connect(config).await.map_err(|e| CellFailure {
+        message: format!("cannot use {backend}: {e}"),
+        unreachable: true,
+    })?;
+    let bus = Arc::new(bus);
+    let broker_version = broker_version(backend, options).await;
+    let topics: Arc<[String]> = (0..scenario.topics)
+        .map(|i| format!("busbench.{}.{run_id}.{mode}.{i}", scenario.name))
+        .collect();
+    let result = measure(
+        scenario,
+        mode,
+        &bus,
+        &topics,
+        recorder,
+        sent_counter,
+        deadline,
+    )
+    .await;
+    for topic in topics.iter() {
+        let _ = bus.delete_topic(topic).await;
+    }
+    let bus = Arc::into_inner(bus).expect("publishers have finished");
+    let close = bus.close().await;
+    let mut measured = result?;
+    measured.broker_version = broker_version;
+    if let Err(e) = close {
+        measured
+            .first_error
+            .get_or_insert(format!("closing the bus: {e}"));
+    }
+    Ok(measured)
+}
+
+async fn measure(
+    scenario: &Scenario,
+    mode: Mode,
+    bus: &Arc<EventBus>,
+    topics: &Arc<[String]>,
+    recorder: Arc<Recorder>,
+    sent_counter: Arc<AtomicU64>,
+    deadline: tokio::time::Instant,
+) -> Result<Measured, CellFailure> {
+    let failure = |message: String| CellFailure {
+        message,
+        unreachable: false,
+    };
+    // Set-up: topics and subscriptions, ready before anything is sent.
+    let group = format!("busbench-{}", topics[0].replace('.', "-"));
+    let mut subscriptions = Vec::new();
+    for topic in topics.iter() {
+        bus.ensure_topic(topic)
+            .await
+            .map_err(|e| failure(format!("creating {topic}: {e}")))?;
+        let recorder = recorder.clone();
+        let subscription = match mode {
+            Mode::Raw => {
+                bus.subscribe(
+                    topic,
+                    SubscribeOptions::group(&group),
+                    handler(move |message| {
+                        recorder.on_message(&message.payload);
+                        async { Ok(()) }
+                    }),
+                )
+                .await
+            }
+            Mode::Envelope => {
+                bus.subscribe_envelope(
+                    topic,
+                    SubscribeOptions::group(&group),
+                    envelope_handler(move |envelope| {
+                        recorder.on_message(&envelope.payload);
+                        async { Ok(()) }
+                    }),
+                )
+                .await
+            }
+        }
+        .map_err(|e| failure(format!("subscribing to {topic}: {e}")))?;
+        subscriptions.push(subscription);
+    }
+    for subscription in &subscriptions {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        subscription
+            .wait_ready(left)
+            .await
+            .map_err(|e| failure(e.to_string()))?;
+    }
+    // Warm-up: messages outside the measurement, all handled before measuring starts.
+    for seq in 0..scenario.warmup {
+        let topic = &topics[(seq % topics.len() as u64) as usize];
+        let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
+        let sent = match mode {
+            Mode::Raw => bus.publish(topic, payload).await,
+            Mode::Envelope => {
+                let envelope =
+                    crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
+                bus.publish_envelope(topic, &envelope).await
+            }
+        };
+        sent.map_err(|e| failure(format!("warm-up publish: {e}")))?;
+    }
+    if !wait_until(deadline, || recorder.warmup_received() >= scenario.warmup).await {
+        return Err(failure(
+            "the warm-up messages were not all handled in time".into(),
+        ));
+    }
+    // Measure.
+    let plan = Arc::new(load::LoadPlan {
+        mode,
+        topics: topics.clone(),
+        messages: scenario.total_messages(),
+        aggregates: scenario.aggregates,
+        publishers: scenario.publishers,
+        rate: scenario.rate,
+        payload_bytes: scenario.payload_bytes,
+        in_flight_per_publisher: scenario
+            .max_in_flight
+            .div_ceil(scenario.publishers as usize),
+    });
+    let first_send_nanos = recorder.now_nanos();
+    let publishers: Vec<_> = (0..scenario.publishers)
+        .map(|index| {
+            tokio::spawn(load::publish(
+                bus.clone(),
+                plan.clone(),
+                index,
+                recorder.clone(),
+                sent_counter.clone(),
+            ))
+        })
+        .collect();
+    let all_published = Arc::new(AtomicBool::new(false));
+    let mut reports = Vec::new();
+    let join = async {
+        for publisher in publishers {
+            if let Ok(report) = publisher.await {
+                reports.push(report);
+            }
+        }
+    };
+    let completed_publishing = tokio::time::timeout_at(deadline, join).await.is_ok();
+    all_published.store(completed_publishing, Ordering::Release);
+    let sent: u64 = reports.iter().map(|r| r.sent).sum();
+    // Drain: wait for every message that was sent to be handled.
+    let completed =
+        completed_publishing && wait_until(deadline, || recorder.distinct() >= sent).await;
+    let tasks_at_end = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks() as u64;
+    for subscription in subscriptions {
+        let _ = subscription.close().await;
+    }
+    let mut publish_histogram = latency::new_histogram();
+    for report in &reports {
+        let _ = publish_histogram.add(&report.latency);
+    }
+    Ok(Measured {
+        sent,
+        acknowledged: reports.iter().map(|r| r.acknowledged).sum(),
+        publish_errors: reports.iter().map(|r| r.errors).sum(),
+        first_error: reports.iter().find_map(|r| r.first_error.clone()),
+        publish_histogram,
+        last_ack_nanos: reports.iter().map(|r| r.last_ack_nanos).max().unwrap_or(0),
+        first_send_nanos,
+        completed,
+        broker_version: None,
+        tasks_at_end,
+    })
+}
+
+/// Polls `condition` every millisecond until it holds or the deadline passes.
+async fn wait_until(deadline: tokio::time::Instant, condition: impl Fn() -> bool) -> bool {
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn broker_version(backend: BackendKind, options: &RunOptions) -> Option<String> {
+    match backend {
+        BackendKind::Nats => {
+            let client = async_nats::connect(options.nats_url.as_str()).await.ok()?;
+            let version = client.server_info().version;
+            let _ = client.drain().await;
+            Some(version)
+        }
+        BackendKind::Kafka => options.kafka_version.clone(),
+        BackendKind::Memory => Some(env!("CARGO_PKG_VERSION").to_owned()),
+    }
+}
+
+/// Returns memory freed by earlier cells to the OS, so that each cell's RSS starts clean.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Resets the kernel's peak-RSS mark (VmHWM) so that it covers this cell only.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

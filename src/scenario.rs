@@ -1,0 +1,646 @@
+//! Scenario files: what a run does, read from TOML.
+//!
+//! Unknown keys, wrong types and impossible values are rejected with one message naming the
+//! file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes the harness embeds at the start of every payload: intended send time, sequence
+/// number, aggregate index and version.
+pub const HARNESS_HEADER_BYTES: usize = 24;
+
+/// A broker backend of the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Apache Kafka.
+    Kafka,
+    /// NATS JetStream.
+    Nats,
+    /// The in-process memory backend.
+    Memory,
+}
+
+impl BackendKind {
+    /// The name used in files and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Kafka => "kafka",
+            BackendKind::Nats => "nats",
+            BackendKind::Memory => "memory",
+        }
+    }
+
+    /// Parses `kafka`, `nats` or `memory`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "kafka" => Some(BackendKind::Kafka),
+            "nats" => Some(BackendKind::Nats),
+            "memory" => Some(BackendKind::Memory),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of messages a cell sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Raw bytes, handled in the round-robin pool.
+    Raw,
+    /// Envelopes, handled in the keyed pool (per-aggregate order).
+    Envelope,
+}
+
+impl Mode {
+    /// The name used in files and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Raw => "raw",
+            Mode::Envelope => "envelope",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// NATS stream storage, as written in scenario files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// On disk.
+    #[default]
+    File,
+    /// In the server's memory.
+    Memory,
+}
+
+/// The `[kafka]` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// librdkafka properties for every client, passed through as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+}
+
+/// The `[nats]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// Stream storage: `file` or `memory`.
+    #[serde(default)]
+    pub storage: StorageKind,
+    /// Stream replicas.
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            storage: StorageKind::File,
+            replicas: 1,
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The `[thresholds]` section: what a cell must achieve to pass.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Smallest acceptable success rate (distinct messages received / sent), 0 to 1.
+    #[serde(default = "full_success")]
+    pub min_success_rate: f64,
+    /// Most acceptable order violations.
+    #[serde(default)]
+    pub max_order_violations: u64,
+    /// Most acceptable tokio tasks left after the bus closed.
+    #[serde(default)]
+    pub max_leaked_tasks: u64,
+    /// Most acceptable OS threads left after the bus closed.
+    #[serde(default)]
+    pub max_leaked_threads: u64,
+    /// Largest acceptable end-to-end p99 latency, in milliseconds (none when absent).
+    #[serde(default)]
+    pub max_e2e_p99_ms: Option<f64>,
+}
+
+fn full_success() -> f64 {
+    1.0
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            min_success_rate: 1.0,
+            max_order_violations: 0,
+            max_leaked_tasks: 0,
+            max_leaked_threads: 0,
+            max_e2e_p99_ms: None,
+        }
+    }
+}
+
+/// A scenario as written in its file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in result file names.
+    pub name: String,
+    /// What the scenario is for.
+    #[serde(default)]
+    pub description: String,
+    /// Backends to compare.
+    pub backends: Vec<BackendKind>,
+    /// Message kinds to compare.
+    pub modes: Vec<Mode>,
+    /// Messages to send per cell (exclusive with `duration`).
+    #[serde(default)]
+    pub messages: Option<u64>,
+    /// How long to send per cell, such as `"30s"` (exclusive with `messages`).
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// Messages sent and received before measuring, per cell.
+    #[serde(default)]
+    pub warmup: u64,
+    /// Topics the messages are spread over.
+    #[serde(default = "default_topics")]
+    pub topics: u32,
+    /// Partitions per Kafka topic.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Distinct aggregates (envelope mode), spread over the topics.
+    #[serde(default = "default_aggregates")]
+    pub aggregates: u64,
+    /// Payload size in bytes; at least the 24 bytes the harness embeds.
+    #[serde(default = "default_payload")]
+    pub payload_bytes: usize,
+    /// Concurrent publishing tasks.
+    #[serde(default = "default_publishers")]
+    pub publishers: u32,
+    /// Target rate in messages per second over all publishers (0: as fast as possible).
+    #[serde(default)]
+    pub rate: u64,
+    /// Most publishes awaiting their acknowledgement at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Bound on one cell, such as `"120s"`; a cell not finished by then fails.
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    /// Also measure the bare client (no bus) as the ceiling.
+    #[serde(default = "yes")]
+    pub ceiling: bool,
+    /// Kafka settings.
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    /// NATS settings.
+    #[serde(default)]
+    pub nats: NatsSection,
+    /// Pass/fail thresholds.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+}
+
+fn default_topics() -> u32 {
+    1
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_aggregates() -> u64 {
+    100
+}
+fn default_payload() -> usize {
+    128
+}
+fn default_publishers() -> u32 {
+    1
+}
+fn default_in_flight() -> usize {
+    1024
+}
+fn default_timeout() -> String {
+    "120s".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// How much work a cell does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// A fixed number of messages.
+    Messages(u64),
+    /// Send for this long (at the target rate, or as fast as possible).
+    Duration(Duration),
+}
+
+/// A scenario file that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: key `{key}`: {message}", path.display())]
+pub struct ScenarioError {
+    /// The file.
+    pub path: PathBuf,
+    /// The 1-based line (0 when the problem concerns the whole file).
+    pub line: usize,
+    /// The key at fault.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses a duration such as `500ms`, `30s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            path: path.to_owned(),
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Scenario::parse(path, &source)
+    }
+
+    /// Parses and checks scenario text; `path` is used in messages.
+    pub fn parse(path: &Path, source: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(source).map_err(|error| {
+            let (line, key) = match error.span() {
+                Some(span) => locate_span(source, span.start),
+                None => (0, "-".to_owned()),
+            };
+            let message = error.message().to_owned();
+            // A missing field has no span of its own: name it from the message.
+            let key = match message.strip_prefix("missing field `") {
+                Some(rest) => rest.trim_end_matches('`').to_owned(),
+                None => key,
+            };
+            ScenarioError {
+                path: path.to_owned(),
+                line,
+                key,
+                message,
+            }
+        })?;
+        scenario.check(path, source)?;
+        Ok(scenario)
+    }
+
+    fn check(&self, path: &Path, source: &str) -> Result<(), ScenarioError> {
+        let fail = |table: Option<&str>, key: &str, message: String| ScenarioError {
+            path: path.to_owned(),
+            line: find_key_line(source, table, key),
+            key: match table {
+                Some(table) => format!("{table}.{key}"),
+                None => key.to_owned(),
+            },
+            message,
+        };
+        if self.name.trim().is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(fail(
+                None,
+                "name",
+                "must be non-empty letters, digits, - or _".into(),
+            ));
+        }
+        if self.backends.is_empty() {
+            return Err(fail(
+                None,
+                "backends",
+                "name at least one of kafka, nats, memory".into(),
+            ));
+        }
+        if self.modes.is_empty() {
+            return Err(fail(
+                None,
+                "modes",
+                "name at least one of raw, envelope".into(),
+            ));
+        }
+        match (self.messages, &self.duration) {
+            (Some(_), Some(_)) => {
+                return Err(fail(
+                    None,
+                    "duration",
+                    "give either messages or duration, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(fail(
+                    None,
+                    "messages",
+                    "give the amount of work: messages or duration".into(),
+                ));
+            }
+            (Some(0), None) => return Err(fail(None, "messages", "must be greater than 0".into())),
+            (None, Some(text)) => match parse_duration(text) {
+                Some(d) if !d.is_zero() => {
+                    if self.rate == 0 {
+                        return Err(fail(
+                            None,
+                            "duration",
+                            "a duration needs a target rate (rate > 0), so the amount of work is known".into(),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(fail(
+                        None,
+                        "duration",
+                        format!("{text:?} is not a positive duration such as \"30s\""),
+                    ));
+                }
+            },
+            _ => {}
+        }
+        match parse_duration(&self.timeout) {
+            Some(d) if !d.is_zero() => {}
+            _ => {
+                return Err(fail(
+                    None,
+                    "timeout",
+                    format!(
+                        "{:?} is not a positive duration such as \"120s\"",
+                        self.timeout
+                    ),
+                ));
+            }
+        }
+        if self.topics == 0 {
+            return Err(fail(None, "topics", "must be greater than 0".into()));
+        }
+        if self.partitions <= 0 {
+            return Err(fail(None, "partitions", "must be greater than 0".into()));
+        }
+        if self.publishers == 0 {
+            return Err(fail(None, "publishers", "must be greater than 0".into()));
+        }
+        if self.max_in_flight == 0 {
+            return Err(fail(None, "max_in_flight", "must be greater than 0".into()));
+        }
+        if self.payload_bytes < HARNESS_HEADER_BYTES {
+            return Err(fail(
+                None,
+                "payload_bytes",
+                format!(
+                    "{} is smaller than the {HARNESS_HEADER_BYTES} bytes the harness embeds",
+                    self.payload_bytes
+                ),
+            ));
+        }
+        let messages = self.total_messages();
+        if self.modes.contains(&Mode::Envelope) {
+            if self.aggregates == 0 {
+                return Err(fail(None, "aggregates", "must be greater than 0".into()));
+            }
+            if self.aggregates > messages {
+                return Err(fail(
+                    None,
+                    "aggregates",
+                    format!(
+                        "{} aggregates is more than the {messages} messages sent",
+                        self.aggregates
+                    ),
+                ));
+            }
+        }
+        if u64::from(self.publishers) > messages {
+            return Err(fail(
+                None,
+                "publishers",
+                format!(
+                    "{} publishers is more than the {messages} messages sent",
+                    self.publishers
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.thresholds.min_success_rate) {
+            return Err(fail(
+                Some("thresholds"),
+                "min_success_rate",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if self.nats.replicas == 0 {
+            return Err(fail(
+                Some("nats"),
+                "replicas",
+                "must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The amount of work per cell.
+    pub fn workload(&self) -> Workload {
+        match (self.messages, &self.duration) {
+            (Some(messages), _) => Workload::Messages(messages),
+            (None, Some(text)) => Workload::Duration(parse_duration(text).unwrap_or_default()),
+            (None, None) => Workload::Messages(0),
+        }
+    }
+
+    /// Messages sent per cell (for a duration: rate x duration).
+    pub fn total_messages(&self) -> u64 {
+        match self.workload() {
+            Workload::Messages(messages) => messages,
+            Workload::Duration(duration) => {
+                (self.rate as f64 * duration.as_secs_f64()).round() as u64
+            }
+        }
+    }
+
+    /// The bound on one cell.
+    pub fn timeout(&self) -> Duration {
+        parse_duration(&self.timeout).unwrap_or(Duration::from_secs(120))
+    }
+}
+
+/// The line of a byte offset, and the key written on that line.
+fn locate_span(source: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(source.len());
+    let line = source[..offset].matches('\n').count() + 1;
+    let text = source.lines().nth(line - 1).unwrap_or("");
+    let key = match text.split_once('=') {
+        Some((key, _)) => key.trim().trim_matches('"').to_owned(),
+        None => text.trim().trim_matches(['[', ']']).to_owned(),
+    };
+    (line, if key.is_empty() { "-".into() } else { key })
+}
+
+/// The line where `key` is set (inside `[table]` when given); 0 when it is not written.
+fn find_key_line(source: &str, table: Option<&str>, key: &str) -> usize {
+    let mut current_table: Option<String> = None;
+    for (index, line) in source.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            current_table = Some(trimmed.trim_matches(['[', ']']).trim().to_owned());
+            continue;
+        }
+        if current_table.as_deref() != table {
+            continue;
+        }
+        if let Some((name, _)) = trimmed.split_once('=') {
+            if name.trim().trim_matches('"') == key {
+                return index + 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+backends = ["memory"]
+modes = ["raw", "envelope"]
+messages = 1000
+aggregates = 10
+"#;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(Path::new("s.toml"), text)
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let scenario = parse(GOOD).unwrap();
+        assert_eq!(scenario.total_messages(), 1000);
+        assert_eq!(scenario.payload_bytes, 128);
+        assert_eq!(scenario.thresholds.min_success_rate, 1.0);
+        assert_eq!(scenario.timeout(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    fn error(text: &str) -> ScenarioError {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let e = error(&format!("{GOOD}colour = \"blue\"\n"));
+        assert_eq!((e.line, e.key.as_str()), (7, "colour"));
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        assert!(e.to_string().starts_with("s.toml:7: key `colour`:"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_line() {
+        let e = error(&GOOD.replace("messages = 1000", "messages = \"many\""));
+        assert_eq!((e.line, e.key.as_str()), (5, "messages"));
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_section_is_named() {
+        let e = error(&format!("{GOOD}[nats]\nstorage = \"file\"\nshards = 3\n"));
+        assert_eq!((e.line, e.key.as_str()), (9, "shards"));
+    }
+
+    #[test]
+    fn impossible_values_are_rejected() {
+        let cases = [
+            ("messages = 1000", "messages = 0", "messages", 5),
+            ("aggregates = 10", "aggregates = 5000", "aggregates", 6),
+            (
+                "aggregates = 10",
+                "aggregates = 10\npayload_bytes = 8",
+                "payload_bytes",
+                7,
+            ),
+            (
+                "aggregates = 10",
+                "aggregates = 10\ntopics = 0",
+                "topics",
+                7,
+            ),
+            (
+                "aggregates = 10",
+                "aggregates = 10\ntimeout = \"never\"",
+                "timeout",
+                7,
+            ),
+            ("backends = [\"memory\"]", "backends = []", "backends", 3),
+            (
+                "backends = [\"memory\"]",
+                "backends = [\"redis\"]",
+                "backends",
+                3,
+            ),
+            (
+                "messages = 1000",
+                "messages = 1000\nduration = \"10s\"",
+                "duration",
+                6,
+            ),
+        ];
+        for (from, to, key, line) in cases {
+            let e = error(&GOOD.replace(from, to));
+            assert_eq!((e.key.as_str(), e.line), (key, line), "{to}: {e}");
+        }
+        let e = error(&format!("{GOOD}[thresholds]\nmin_success_rate = 1.5\n"));
+        assert_eq!((e.key.as_str(), e.line), ("thresholds.min_success_rate", 8));
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let e = error("name = \"t\"\nbackends = [\"memory\"]\nmessages = 5\n");
+        assert_eq!(e.key, "modes");
+    }
+}
