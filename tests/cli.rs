@@ -1,0 +1,140 @@
+//! The command line end to end: bad input, an unreachable broker, and a real run of
+//! `scenarios/ci.toml` on memory, Kafka and NATS whose JSON is checked against the schema.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn busbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_busbench"))
+        .args(args)
+        .env("BUSBENCH_KAFKA_BOOTSTRAP", common::kafka_bootstrap())
+        .env("BUSBENCH_NATS_URL", common::nats_url())
+        .output()
+        .expect("running busbench")
+}
+
+fn project(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn validator() -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project("schema/result.schema.json")).unwrap())
+            .unwrap();
+    jsonschema::validator_for(&schema).expect("the schema itself is valid")
+}
+
+#[test]
+fn bad_scenarios_exit_2_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "name = \"bad\"\nbackends = [\"memory\"]\nmodes = [\"raw\"]\nmessages = 100\npayload_bytes = 10\n",
+    )
+    .unwrap();
+    let output = busbench(&["run", file.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{}:5: key `payload_bytes`:", file.display());
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one clear message: {stderr}");
+    assert!(!stderr.contains("panicked"));
+
+    let missing = busbench(&["run", "no/such/file.toml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let usage = busbench(&["run"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn an_unreachable_broker_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = busbench(&[
+        "run",
+        project("scenarios/ci.toml").to_str().unwrap(),
+        "--backends",
+        "nats",
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = busbench(&[
+        "run",
+        project("scenarios/ci.toml").to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let find = |suffix: &str| {
+        files
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no *{suffix} in {files:?}"))
+            .clone()
+    };
+    let json_path = find(".json");
+    let markdown = std::fs::read_to_string(find(".md")).unwrap();
+    let svg = std::fs::read_to_string(find("-latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    assert!(markdown.contains("-latency.svg)"), "the report links its chart");
+
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let validator = validator();
+    let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "schema violations: {errors:?}");
+
+    let result = busbench::report::json::read(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(result.cells.len(), 6, "3 backends x 2 modes");
+    for cell in &result.cells {
+        let name = format!("{}/{}", cell.backend, cell.mode);
+        assert_eq!(cell.sent, 5000, "{name}");
+        assert_eq!(cell.received, 5000, "{name}");
+        assert_eq!(cell.acknowledged, 5000, "{name}");
+        assert_eq!(cell.lost, 0, "{name}");
+        assert_eq!(cell.order_violations, 0, "{name}");
+        assert_eq!(cell.tasks.leaked, 0, "{name}");
+        assert_eq!(cell.threads.leaked, 0, "{name}");
+        assert_eq!(cell.latency_us.e2e.count, 5000, "{name}: one e2e sample per message");
+        assert_eq!(cell.latency_us.publish.count, 5000, "{name}: one ack sample per message");
+        assert!(cell.throughput.e2e_msgs_per_sec > 0.0, "{name}");
+        // The figures are what was counted: throughput = received / elapsed.
+        let recomputed = cell.received as f64 / cell.e2e_seconds;
+        assert!((recomputed - cell.throughput.e2e_msgs_per_sec).abs() < 1e-6 * recomputed, "{name}");
+        assert!(cell.ceiling_msgs_per_sec.unwrap() > 0.0, "{name}");
+    }
+    assert!(stdout.contains("end-to-end msg/s"), "the comparison table is printed");
+    assert_eq!(result.environment.brokers.get("nats").map(|v| v.is_empty()), Some(false));
+}
+
+#[test]
+fn the_schema_rejects_a_result_missing_a_required_key() {
+    let validator = validator();
+    let mut json: serde_json::Value = serde_json::json!({
+        "schema_version": 1,
+        "scenario": {},
+        "environment": {},
+        "started_at": "",
+        "finished_at": "",
+        "cells": [],
+        "passed": true
+    });
+    assert!(!validator.is_valid(&json), "an empty scenario object lacks its keys");
+    json.as_object_mut().unwrap().remove("cells");
+    assert!(!validator.is_valid(&json));
+}
