@@ -225,6 +225,44 @@ pub struct Scenario {
     /// Pass/fail thresholds.
     #[serde(default)]
     pub thresholds: Thresholds,
+    /// How much worse than a baseline a run may be before `compare` calls it a regression.
+    #[serde(default)]
+    pub regression: RegressionThresholds,
+}
+
+/// The `[regression]` section: allowed change against a baseline, in percent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegressionThresholds {
+    /// Largest allowed drop of publish or end-to-end throughput, percent.
+    #[serde(default = "default_throughput_drop")]
+    pub throughput_drop_pct: f64,
+    /// Largest allowed rise of publish or end-to-end p99 latency, percent.
+    #[serde(default = "default_latency_rise")]
+    pub latency_rise_pct: f64,
+    /// Largest allowed rise of peak RSS, percent.
+    #[serde(default = "default_rss_rise")]
+    pub rss_rise_pct: f64,
+}
+
+fn default_throughput_drop() -> f64 {
+    25.0
+}
+fn default_latency_rise() -> f64 {
+    50.0
+}
+fn default_rss_rise() -> f64 {
+    50.0
+}
+
+impl Default for RegressionThresholds {
+    fn default() -> Self {
+        RegressionThresholds {
+            throughput_drop_pct: default_throughput_drop(),
+            latency_rise_pct: default_latency_rise(),
+            rss_rise_pct: default_rss_rise(),
+        }
+    }
 }
 
 fn default_topics() -> u32 {
@@ -467,6 +505,29 @@ impl Scenario {
                 "must be between 0 and 1".into(),
             ));
         }
+        for (key, value) in [
+            ("throughput_drop_pct", self.regression.throughput_drop_pct),
+            ("latency_rise_pct", self.regression.latency_rise_pct),
+            ("rss_rise_pct", self.regression.rss_rise_pct),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(fail(
+                    Some("regression"),
+                    key,
+                    "must be a percentage of 0 or more".into(),
+                ));
+            }
+        }
+        if self.modes.contains(&Mode::Envelope) && self.aggregates < u64::from(self.publishers) {
+            return Err(fail(
+                None,
+                "aggregates",
+                format!(
+                    "{} aggregates cannot give each of the {} publishers one of its own",
+                    self.aggregates, self.publishers
+                ),
+            ));
+        }
         if self.nats.replicas == 0 {
             return Err(fail(
                 Some("nats"),
@@ -494,6 +555,16 @@ impl Scenario {
                 (self.rate as f64 * duration.as_secs_f64()).round() as u64
             }
         }
+    }
+
+    /// FNV-1a 64 of the settings that shape the work (not the description, thresholds or
+    /// regression limits): two runs with the same hash did the same work.
+    pub fn workload_hash(&self) -> String {
+        let mut workload = self.clone();
+        workload.description.clear();
+        workload.thresholds = Thresholds::default();
+        workload.regression = RegressionThresholds::default();
+        crate::metrics::model::fnv1a_64_hex(&serde_json::to_vec(&workload).unwrap_or_default())
     }
 
     /// The bound on one cell.
@@ -526,10 +597,10 @@ fn find_key_line(source: &str, table: Option<&str>, key: &str) -> usize {
         if current_table.as_deref() != table {
             continue;
         }
-        if let Some((name, _)) = trimmed.split_once('=') {
-            if name.trim().trim_matches('"') == key {
-                return index + 1;
-            }
+        if let Some((name, _)) = trimmed.split_once('=')
+            && name.trim().trim_matches('"') == key
+        {
+            return index + 1;
         }
     }
     0

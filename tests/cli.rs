@@ -20,9 +20,10 @@ fn project(path: &str) -> PathBuf {
 }
 
 fn validator() -> jsonschema::Validator {
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(project("schema/result.schema.json")).unwrap())
-            .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(project("schema/result.schema.json")).unwrap(),
+    )
+    .unwrap();
     jsonschema::validator_for(&schema).expect("the schema itself is valid")
 }
 
@@ -35,7 +36,12 @@ fn bad_scenarios_exit_2_naming_file_line_and_key() {
         "name = \"bad\"\nbackends = [\"memory\"]\nmodes = [\"raw\"]\nmessages = 100\npayload_bytes = 10\n",
     )
     .unwrap();
-    let output = busbench(&["run", file.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]);
+    let output = busbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = format!("{}:5: key `payload_bytes`:", file.display());
@@ -62,7 +68,12 @@ fn an_unreachable_broker_exits_3() {
         "--out",
         dir.path().to_str().unwrap(),
     ]);
-    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -76,7 +87,11 @@ fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -92,11 +107,18 @@ fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
     let markdown = std::fs::read_to_string(find(".md")).unwrap();
     let svg = std::fs::read_to_string(find("-latency.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
-    assert!(markdown.contains("-latency.svg)"), "the report links its chart");
+    assert!(
+        markdown.contains("-latency.svg)"),
+        "the report links its chart"
+    );
 
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let validator = validator();
-    let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "schema violations: {errors:?}");
 
     let result = busbench::report::json::read(&std::fs::read(&json_path).unwrap()).unwrap();
@@ -110,16 +132,31 @@ fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
         assert_eq!(cell.order_violations, 0, "{name}");
         assert_eq!(cell.tasks.leaked, 0, "{name}");
         assert_eq!(cell.threads.leaked, 0, "{name}");
-        assert_eq!(cell.latency_us.e2e.count, 5000, "{name}: one e2e sample per message");
-        assert_eq!(cell.latency_us.publish.count, 5000, "{name}: one ack sample per message");
+        assert_eq!(
+            cell.latency_us.e2e.count, 5000,
+            "{name}: one e2e sample per message"
+        );
+        assert_eq!(
+            cell.latency_us.publish.count, 5000,
+            "{name}: one ack sample per message"
+        );
         assert!(cell.throughput.e2e_msgs_per_sec > 0.0, "{name}");
         // The figures are what was counted: throughput = received / elapsed.
         let recomputed = cell.received as f64 / cell.e2e_seconds;
-        assert!((recomputed - cell.throughput.e2e_msgs_per_sec).abs() < 1e-6 * recomputed, "{name}");
+        assert!(
+            (recomputed - cell.throughput.e2e_msgs_per_sec).abs() < 1e-6 * recomputed,
+            "{name}"
+        );
         assert!(cell.ceiling_msgs_per_sec.unwrap() > 0.0, "{name}");
     }
-    assert!(stdout.contains("end-to-end msg/s"), "the comparison table is printed");
-    assert_eq!(result.environment.brokers.get("nats").map(|v| v.is_empty()), Some(false));
+    assert!(
+        stdout.contains("end-to-end msg/s"),
+        "the comparison table is printed"
+    );
+    assert_eq!(
+        result.environment.brokers.get("nats").map(|v| v.is_empty()),
+        Some(false)
+    );
 }
 
 #[test]
@@ -134,7 +171,10 @@ fn the_schema_rejects_a_result_missing_a_required_key() {
         "cells": [],
         "passed": true
     });
-    assert!(!validator.is_valid(&json), "an empty scenario object lacks its keys");
+    assert!(
+        !validator.is_valid(&json),
+        "an empty scenario object lacks its keys"
+    );
     json.as_object_mut().unwrap().remove("cells");
     assert!(!validator.is_valid(&json));
 }

@@ -19,8 +19,16 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
     CellResult {
         backend,
         mode,
-        status: if scale > 2.0 { CellStatus::Failed } else { CellStatus::Ok },
-        failures: if scale > 2.0 { vec!["end-to-end p99 2970.0 ms is above 1000 ms".into()] } else { vec![] },
+        status: if scale > 2.0 {
+            CellStatus::Failed
+        } else {
+            CellStatus::Ok
+        },
+        failures: if scale > 2.0 {
+            vec!["end-to-end p99 2970.0 ms is above 1000 ms".into()]
+        } else {
+            vec![]
+        },
         sent: 1000,
         acknowledged: 1000,
         publish_errors: 0,
@@ -37,13 +45,29 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
             e2e_mb_per_sec: 0.128 / scale,
         },
         latency_us: Latency { publish: p, e2e: p },
-        histograms: Histograms { publish: latency::encode(&e2e), e2e: latency::encode(&e2e) },
-        memory: Memory { rss_baseline_bytes: 10 << 20, rss_peak_bytes: 20 << 20, rss_growth_bytes: 1 << 20 },
-        tasks: Tasks { baseline: 1, peak: 40, leaked: 0 },
-        threads: Threads { baseline: 4, peak: 12, leaked: 0 },
+        histograms: Histograms {
+            publish: latency::encode(&e2e),
+            e2e: latency::encode(&e2e),
+        },
+        memory: Memory {
+            rss_baseline_bytes: 10 << 20,
+            rss_peak_bytes: 20 << 20,
+            rss_growth_bytes: 1 << 20,
+        },
+        tasks: Tasks {
+            baseline: 1,
+            peak: 40,
+            leaked: 0,
+        },
+        threads: Threads {
+            baseline: 4,
+            peak: 12,
+            leaked: 0,
+        },
         cpu_us_per_msg: 10.0 * scale,
         ceiling_msgs_per_sec: Some(4000.0),
         efficiency: Some(0.25 / scale),
+        repeats: None,
     }
 }
 
@@ -69,7 +93,10 @@ fn fixture() -> RunResult {
             kernel: "6.1".into(),
             busbench_version: "0.1.0".into(),
             git_commit: "abcdef123456".into(),
-            brokers: BTreeMap::from([("kafka".into(), "4.3.1".into()), ("nats".into(), "2.14.9".into())]),
+            brokers: BTreeMap::from([
+                ("kafka".into(), "4.3.1".into()),
+                ("nats".into(), "2.14.9".into()),
+            ]),
             broker_addresses: BTreeMap::from([
                 ("kafka".into(), "127.0.0.1:9092".into()),
                 ("nats".into(), "nats://127.0.0.1:4222".into()),
@@ -77,6 +104,7 @@ fn fixture() -> RunResult {
         },
         started_at: "2026-01-01T00:00:00Z".into(),
         finished_at: "2026-01-01T00:01:00Z".into(),
+        repeat: 1,
         cells: vec![
             cell(BackendKind::Kafka, Mode::Raw, 1.0),
             cell(BackendKind::Nats, Mode::Raw, 2.0),
@@ -88,14 +116,23 @@ fn fixture() -> RunResult {
 }
 
 fn check(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing snapshot {}; run with UPDATE_SNAPSHOTS=1", path.display()));
-    assert_eq!(actual, expected, "{name} changed; run with UPDATE_SNAPSHOTS=1 if intended");
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing snapshot {}; run with UPDATE_SNAPSHOTS=1",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual, expected,
+        "{name} changed; run with UPDATE_SNAPSHOTS=1 if intended"
+    );
 }
 
 #[test]
@@ -105,9 +142,11 @@ fn terminal_table_snapshot() {
 
 #[test]
 fn markdown_report_snapshot() {
-    let bytes = MarkdownExporter { chart_file: Some("fixture-latency.svg".into()) }
-        .render(&fixture())
-        .unwrap();
+    let bytes = MarkdownExporter {
+        chart_file: Some("fixture-latency.svg".into()),
+    }
+    .render(&fixture())
+    .unwrap();
     check("report.md", &String::from_utf8(bytes).unwrap());
 }
 
@@ -116,8 +155,14 @@ fn winners_and_ratios_follow_the_figures() {
     let (header, rows) = busbench::report::table::comparison_rows(&fixture(), Mode::Raw);
     assert_eq!(header, ["raw", "kafka", "nats", "best"]);
     let row = |name: &str| rows.iter().find(|r| r[0] == name).unwrap().clone();
-    assert_eq!(row("end-to-end msg/s"), ["end-to-end msg/s", "1000", "500", "kafka 2.00x"]);
-    assert_eq!(row("CPU µs/msg"), ["CPU µs/msg", "10.00", "20.00", "kafka 2.00x"]);
+    assert_eq!(
+        row("end-to-end msg/s"),
+        ["end-to-end msg/s", "1000", "500", "kafka 2.00x"]
+    );
+    assert_eq!(
+        row("CPU µs/msg"),
+        ["CPU µs/msg", "10.00", "20.00", "kafka 2.00x"]
+    );
     assert_eq!(row("lost")[3], "tie");
     assert_eq!(row("status"), ["status", "ok", "ok", ""]);
     let (_, envelope_rows) = busbench::report::table::comparison_rows(&fixture(), Mode::Envelope);

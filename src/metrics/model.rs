@@ -24,6 +24,9 @@ pub struct RunResult {
     pub started_at: String,
     /// When the run ended (UTC, RFC 3339).
     pub finished_at: String,
+    /// How many times each cell ran (`--repeat`); each cell reports its median run.
+    #[serde(default = "one")]
+    pub repeat: u32,
     /// One result per backend and mode.
     pub cells: Vec<CellResult>,
     /// Whether every cell passed its thresholds.
@@ -190,6 +193,59 @@ pub struct CellResult {
     pub ceiling_msgs_per_sec: Option<f64>,
     /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
     pub efficiency: Option<f64>,
+    /// The figures of every run when the cell ran more than once; the cell's own figures are
+    /// those of the run with the median end-to-end throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<RepeatSpread>,
+}
+
+/// Per-run figures of a repeated cell, and how far apart they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RepeatSpread {
+    /// End-to-end throughput of each run, msgs/s.
+    pub e2e_msgs_per_sec: Vec<f64>,
+    /// Publish throughput of each run, msgs/s.
+    pub publish_msgs_per_sec: Vec<f64>,
+    /// End-to-end p99 of each run, µs.
+    pub e2e_p99_us: Vec<u64>,
+    /// (max - min) / median of the end-to-end throughput, percent.
+    pub spread_pct: f64,
+}
+
+impl RepeatSpread {
+    /// The spread of a set of values: (max - min) / median, percent (0 for fewer than two).
+    pub fn spread_of(values: &[f64]) -> f64 {
+        if values.len() < 2 {
+            return 0.0;
+        }
+        let median = median(values);
+        let max = values.iter().copied().fold(f64::MIN, f64::max);
+        let min = values.iter().copied().fold(f64::MAX, f64::min);
+        if median > 0.0 {
+            (max - min) / median * 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The median of a set of values (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// FNV-1a, 64 bits, as 16 hex digits.
@@ -235,5 +291,9 @@ mod tests {
         assert_eq!(delivery(0, 0), (0, 1.0));
         assert_eq!(fnv1a_64_hex(b""), "cbf29ce484222325");
         assert_eq!(fnv1a_64_hex(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(RepeatSpread::spread_of(&[90.0, 100.0, 110.0]), 20.0);
+        assert_eq!(RepeatSpread::spread_of(&[100.0]), 0.0);
     }
 }

@@ -153,12 +153,12 @@ impl Recorder {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.check_order {
-            if let Some(last) = self.last_version.get(stamp.aggregate as usize) {
-                let previous = last.swap(stamp.version, Ordering::AcqRel);
-                if stamp.version != previous + 1 {
-                    self.order_violations.fetch_add(1, Ordering::Relaxed);
-                }
+        if self.check_order
+            && let Some(last) = self.last_version.get(stamp.aggregate as usize)
+        {
+            let previous = last.swap(stamp.version, Ordering::AcqRel);
+            if stamp.version != previous + 1 {
+                self.order_violations.fetch_add(1, Ordering::Relaxed);
             }
         }
         let micros = now.saturating_sub(stamp.intended_nanos) / 1000;

@@ -52,7 +52,7 @@ impl Exporter for MarkdownExporter {
             "| CPU | {} ({} logical cores) |",
             env.cpu_model, env.cores
         )?;
-        writeln!(out, "| memory | {} |", mib(env.memory_bytes))?;
+        writeln!(out, "| RAM | {} |", mib(env.memory_bytes))?;
         writeln!(out, "| OS | {} (kernel {}) |", env.os, env.kernel)?;
         writeln!(
             out,
@@ -61,7 +61,7 @@ impl Exporter for MarkdownExporter {
         )?;
         for (broker, version) in &env.brokers {
             let address = env.broker_addresses.get(broker).map_or("", String::as_str);
-            writeln!(out, "| {broker} | {version} at {address} |")?;
+            writeln!(out, "| {broker} backend | {version} at {address} |")?;
         }
         writeln!(out)?;
         writeln!(out, "## Scenario")?;

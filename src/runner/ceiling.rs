@@ -164,13 +164,13 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
                     }
                 }
             }
-            if in_flight.len() >= load.max_in_flight {
-                if let Some(delivery) = in_flight.pop_front() {
-                    delivery
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|(e, _)| e.to_string())?;
-                }
+            if in_flight.len() >= load.max_in_flight
+                && let Some(delivery) = in_flight.pop_front()
+            {
+                delivery
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|(e, _)| e.to_string())?;
             }
         }
         for delivery in in_flight {
@@ -247,10 +247,10 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
                 .await
                 .map_err(|e| e.to_string())?;
             in_flight.push_back(ack);
-            if in_flight.len() >= load.max_in_flight {
-                if let Some(ack) = in_flight.pop_front() {
-                    ack.await.map_err(|e| e.to_string())?;
-                }
+            if in_flight.len() >= load.max_in_flight
+                && let Some(ack) = in_flight.pop_front()
+            {
+                ack.await.map_err(|e| e.to_string())?;
             }
         }
         for ack in in_flight {

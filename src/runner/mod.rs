@@ -21,8 +21,8 @@ use crate::bus::{
 };
 use crate::metrics::latency::{self, Percentiles};
 use crate::metrics::model::{
-    CellResult, CellStatus, Histograms, Latency, Memory, RunResult, ScenarioInfo, Tasks, Threads,
-    Throughput, delivery, fnv1a_64_hex, per_second,
+    CellResult, CellStatus, Histograms, Latency, Memory, RepeatSpread, RunResult, ScenarioInfo,
+    Tasks, Threads, Throughput, delivery, per_second,
 };
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::resources;
@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// The scenario file's path, for the report.
     pub scenario_file: PathBuf,
+    /// Runs of each cell; the median run is reported, with the spread.
+    pub repeat: u32,
 }
 
 /// A run that could not be carried out at all.
@@ -119,21 +121,28 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             let ceiling = ceilings
                 .get(&backend)
                 .and_then(|c| c.as_ref().ok().copied());
-            let (cell, version, unreachable) =
-                run_cell(scenario, backend, mode, options, &run_id, ceiling);
-            if let Some(version) = version {
-                broker_versions.insert(backend.name().to_owned(), version);
+            let mut runs = Vec::new();
+            for attempt in 0..options.repeat.max(1) {
+                let run_id = format!("{run_id}r{attempt}");
+                let (cell, version, unreachable) =
+                    run_cell(scenario, backend, mode, options, &run_id, ceiling);
+                if let Some(version) = version {
+                    broker_versions.insert(backend.name().to_owned(), version);
+                }
+                infrastructure_failure |= unreachable;
+                runs.push(cell);
+                if unreachable {
+                    break;
+                }
             }
-            infrastructure_failure |= unreachable;
-            cells.push(cell);
+            cells.push(representative(runs));
         }
     }
-    if let Some(version) = &options.kafka_version {
-        if backends.contains(&BackendKind::Kafka) {
-            broker_versions.insert("kafka".into(), version.clone());
-        }
+    if let Some(version) = &options.kafka_version
+        && backends.contains(&BackendKind::Kafka)
+    {
+        broker_versions.insert("kafka".into(), version.clone());
     }
-    let settings_json = serde_json::to_vec(scenario).unwrap_or_default();
     let mut environment = collect_environment(broker_versions);
     for backend in &backends {
         let address = match backend {
@@ -159,17 +168,57 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             scenario: ScenarioInfo {
                 name: scenario.name.clone(),
                 file: options.scenario_file.display().to_string(),
-                hash: fnv1a_64_hex(&settings_json),
+                hash: scenario.workload_hash(),
                 settings: scenario.clone(),
             },
             environment,
             started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            repeat: options.repeat.max(1),
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             cells,
             passed,
         },
         infrastructure_failure,
     }
+}
+
+/// The run reported for a repeated cell: the first failed run if any failed (a failure is
+/// never hidden by a median), otherwise the run with the median end-to-end throughput; with
+/// the figures of every run attached.
+fn representative(mut runs: Vec<CellResult>) -> CellResult {
+    if runs.len() == 1 {
+        return runs.pop().expect("one run");
+    }
+    let spread = RepeatSpread {
+        e2e_msgs_per_sec: runs.iter().map(|c| c.throughput.e2e_msgs_per_sec).collect(),
+        publish_msgs_per_sec: runs
+            .iter()
+            .map(|c| c.throughput.publish_msgs_per_sec)
+            .collect(),
+        e2e_p99_us: runs.iter().map(|c| c.latency_us.e2e.p99).collect(),
+        spread_pct: RepeatSpread::spread_of(
+            &runs
+                .iter()
+                .map(|c| c.throughput.e2e_msgs_per_sec)
+                .collect::<Vec<_>>(),
+        ),
+    };
+    let index = match runs.iter().position(|c| c.status != CellStatus::Ok) {
+        Some(failed) => failed,
+        None => {
+            let mut order: Vec<usize> = (0..runs.len()).collect();
+            order.sort_by(|a, b| {
+                runs[*a]
+                    .throughput
+                    .e2e_msgs_per_sec
+                    .total_cmp(&runs[*b].throughput.e2e_msgs_per_sec)
+            });
+            order[order.len() / 2]
+        }
+    };
+    let mut cell = runs.swap_remove(index);
+    cell.repeats = Some(spread);
+    cell
 }
 
 fn new_runtime() -> tokio::runtime::Runtime {
@@ -366,6 +415,7 @@ fn run_cell(
         },
         ceiling_msgs_per_sec: ceiling,
         efficiency: ceiling.filter(|c| *c > 0.0).map(|c| e2e_rate / c),
+        repeats: None,
     };
     apply_thresholds(&mut cell, scenario);
     if !options.progress {
