@@ -26,8 +26,7 @@ scripts/brokers.sh status
 
 # Kafka's protocol does not report the broker's version: take it from the local broker.
 if [[ -z "${BUSBENCH_KAFKA_VERSION:-}" ]]; then
-    BUSBENCH_KAFKA_VERSION="$(scripts/brokers.sh status | sed -n 's/^kafka *up *Apache Kafka \([^ ]*\).*/\1/p')"
-    [[ "$BUSBENCH_KAFKA_VERSION" == unknown ]] && BUSBENCH_KAFKA_VERSION=""
+    BUSBENCH_KAFKA_VERSION="$(scripts/brokers.sh kafka-version || true)"
     export BUSBENCH_KAFKA_VERSION
 fi
 

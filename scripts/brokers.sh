@@ -5,6 +5,7 @@
 #   scripts/brokers.sh down     stop the brokers this script started (pid files only)
 #   scripts/brokers.sh status   print each broker's state, version and address
 #   scripts/brokers.sh clean    stop, then delete the brokers' data
+#   scripts/brokers.sh kafka-version   the version of the Kafka broker this script runs, if any
 #
 # Apache Kafka runs in KRaft mode (one node: broker + controller) from jars that Maven collects
 # from Maven Central (scripts/kafka/pom.xml); nats-server is built with `go install` at a pinned
@@ -289,5 +290,6 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     clean) cmd_clean ;;
-    *) echo "usage: $0 up|down|status|clean" >&2; exit 2 ;;
+    kafka-version) pid_alive "$KAFKA_DIR/kafka.pid" && echo "$KAFKA_VERSION" ;;
+    *) echo "usage: $0 up|down|status|clean|kafka-version" >&2; exit 2 ;;
 esac

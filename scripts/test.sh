@@ -25,6 +25,17 @@ scripts/brokers.sh status
 export BUSBENCH_KAFKA_BOOTSTRAP="${BUSBENCH_KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 export BUSBENCH_NATS_URL="${BUSBENCH_NATS_URL:-nats://127.0.0.1:4222}"
 
+export BUSBENCH_KAFKA_VERSION="${BUSBENCH_KAFKA_VERSION:-$(scripts/brokers.sh kafka-version || true)}"
+
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+
+# The regression gate: scenarios/ci.toml, three runs per cell, against the committed baseline
+# (recorded on this kind of machine with scripts/record-baseline.sh).
+cargo build --release --locked
+mkdir -p target/ci-results
+./target/release/busbench run scenarios/ci.toml --repeat 3 --no-progress \
+    --out target/ci-results \
+    --baseline results/baselines/ci.json \
+    --comparison-markdown target/ci-results/comparison.md

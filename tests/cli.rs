@@ -125,9 +125,9 @@ fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
     assert_eq!(result.cells.len(), 6, "3 backends x 2 modes");
     for cell in &result.cells {
         let name = format!("{}/{}", cell.backend, cell.mode);
-        assert_eq!(cell.sent, 5000, "{name}");
-        assert_eq!(cell.received, 5000, "{name}");
-        assert_eq!(cell.acknowledged, 5000, "{name}");
+        assert_eq!(cell.sent, 20000, "{name}");
+        assert_eq!(cell.received, 20000, "{name}");
+        assert_eq!(cell.acknowledged, 20000, "{name}");
         assert_eq!(cell.lost, 0, "{name}");
         assert_eq!(cell.order_violations, 0, "{name}");
         assert_eq!(cell.tasks.leaked, 0, "{name}");
