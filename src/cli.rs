@@ -186,6 +186,32 @@ fn judge(
     }
 }
 
+/// On Ctrl-C, stops the run gracefully: the current cell ends as interrupted and the reports
+/// are still written. A second Ctrl-C exits at once.
+fn watch_for_ctrl_c() {
+    let _ = std::thread::Builder::new()
+        .name("busbench-signal".into())
+        .spawn(|| {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!(
+                        "busbench: interrupted; finishing the current cell (Ctrl-C again to quit)"
+                    );
+                    runner::interrupt();
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+        });
+}
+
 fn run(args: RunArgs) -> i32 {
     let scenario = match Scenario::load(&args.scenario) {
         Ok(scenario) => scenario,
@@ -231,6 +257,7 @@ fn run(args: RunArgs) -> i32 {
             }
         },
     };
+    watch_for_ctrl_c();
     let outcome = runner::run(&scenario, &options);
     println!("{}", report::table::terminal(&outcome.result));
     match report::write_reports(&outcome.result, &args.out) {

@@ -133,11 +133,11 @@ fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
         assert_eq!(cell.tasks.leaked, 0, "{name}");
         assert_eq!(cell.threads.leaked, 0, "{name}");
         assert_eq!(
-            cell.latency_us.e2e.count, 5000,
+            cell.latency_us.e2e.count, 20000,
             "{name}: one e2e sample per message"
         );
         assert_eq!(
-            cell.latency_us.publish.count, 5000,
+            cell.latency_us.publish.count, 20000,
             "{name}: one ack sample per message"
         );
         assert!(cell.throughput.e2e_msgs_per_sec > 0.0, "{name}");

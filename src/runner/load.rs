@@ -105,6 +105,9 @@ pub async fn publish(
     let mut send_errors = 0;
     let mut first_send_error = None;
     for k in 0..count {
+        if k % 256 == 0 && super::interrupted() {
+            break;
+        }
         let seq = first_seq + k;
         let intended = if per_publisher_rate > 0.0 {
             let due = start + (k as f64 * 1e9 / per_publisher_rate) as u64;

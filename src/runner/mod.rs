@@ -30,6 +30,19 @@ use crate::scenario::{BackendKind, Mode, Scenario, StorageKind};
 
 pub use environment::collect_environment;
 
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks the running scenario to stop: the current cell ends as interrupted (its figures so far
+/// are kept), later cells are skipped, and the reports are still written.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::Release);
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Acquire)
+}
+
 /// Where the brokers are, and how the run reports.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -121,6 +134,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             let ceiling = ceilings
                 .get(&backend)
                 .and_then(|c| c.as_ref().ok().copied());
+            if interrupted() {
+                break;
+            }
             let mut runs = Vec::new();
             for attempt in 0..options.repeat.max(1) {
                 let run_id = format!("{run_id}r{attempt}");
@@ -131,7 +147,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
                 infrastructure_failure |= unreachable;
                 runs.push(cell);
-                if unreachable {
+                if unreachable || interrupted() {
                     break;
                 }
             }
@@ -161,7 +177,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 _ => "unknown".to_owned(),
             });
     }
-    let passed = cells.iter().all(|c| c.status == CellStatus::Ok);
+    let passed = !interrupted() && cells.iter().all(|c| c.status == CellStatus::Ok);
     RunOutcome {
         result: RunResult {
             schema_version: crate::metrics::model::SCHEMA_VERSION,
@@ -261,6 +277,8 @@ struct Measured {
     broker_version: Option<String>,
     /// Live tasks when the last message was handled, before anything closed.
     tasks_at_end: u64,
+    /// The user stopped the run while this cell was measuring.
+    interrupted: bool,
 }
 
 /// Fails the cell with the broker unreachable (true) or another error (false).
@@ -346,7 +364,7 @@ fn run_cell(
                 m.publish_errors
             ));
         }
-        if !m.completed {
+        if !m.completed && !m.interrupted {
             failures.push(format!(
                 "timed out after {:?} with {} of {} messages handled",
                 scenario.timeout(),
@@ -418,6 +436,10 @@ fn run_cell(
         repeats: None,
     };
     apply_thresholds(&mut cell, scenario);
+    if measured.as_ref().is_some_and(|m| m.interrupted) {
+        cell.status = CellStatus::Interrupted;
+        cell.failures.insert(0, "interrupted by the user".into());
+    }
     if !options.progress {
         eprintln!(
             "busbench: {backend}/{mode}: {} sent, {} received, {:.0} msg/s end to end, {}",
@@ -655,16 +677,18 @@ async fn measure(
         completed,
         broker_version: None,
         tasks_at_end,
+        interrupted: interrupted(),
     })
 }
 
-/// Polls `condition` every millisecond until it holds or the deadline passes.
+/// Polls `condition` every millisecond until it holds, the deadline passes or the run is
+/// interrupted.
 async fn wait_until(deadline: tokio::time::Instant, condition: impl Fn() -> bool) -> bool {
     loop {
         if condition() {
             return true;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline || interrupted() {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
