@@ -45,6 +45,23 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Stri
     })?
 }
 
+/// Counts messages off a consumer stream until `messages` arrived (transient errors skipped);
+/// returns when the last one did.
+async fn receive_all<S, T, E>(mut stream: S, messages: u64) -> Instant
+where
+    S: futures::Stream<Item = Result<T, E>> + Unpin,
+{
+    let mut received = 0u64;
+    while received < messages {
+        match stream.next().await {
+            Some(Ok(_)) => received += 1,
+            Some(Err(_)) => continue,
+            None => break,
+        }
+    }
+    Instant::now()
+}
+
 fn payload(load: &CeilingLoad, seq: u64) -> bytes::Bytes {
     Stamp {
         intended_nanos: 0,
@@ -133,18 +150,7 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
         }
     }
     let messages = load.messages;
-    let receive = async {
-        let mut stream = consumer.stream();
-        let mut received = 0u64;
-        while received < messages {
-            match stream.next().await {
-                Some(Ok(_)) => received += 1,
-                Some(Err(_)) => continue,
-                None => break,
-            }
-        }
-        Instant::now()
-    };
+    let receive = receive_all(consumer.stream(), messages);
     let send = async {
         let start = Instant::now();
         let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
@@ -227,17 +233,7 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
         .await
         .map_err(|e| e.to_string())?;
     let messages = load.messages;
-    let receive = async {
-        let mut received = 0u64;
-        while received < messages {
-            match messages_stream.next().await {
-                Some(Ok(_)) => received += 1,
-                Some(Err(_)) => continue,
-                None => break,
-            }
-        }
-        Instant::now()
-    };
+    let receive = receive_all(&mut messages_stream, messages);
     let send = async {
         let start = Instant::now();
         let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
