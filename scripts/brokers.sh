@@ -6,6 +6,7 @@
 #   scripts/brokers.sh status   print each broker's state, version and address
 #   scripts/brokers.sh clean    stop, then delete the brokers' data
 #   scripts/brokers.sh kafka-version   the version of the Kafka broker this script runs, if any
+#   scripts/brokers.sh nats-bin        the path of the nats-server binary (installed if missing)
 #
 # Apache Kafka runs in KRaft mode (one node: broker + controller) from jars that Maven collects
 # from Maven Central (scripts/kafka/pom.xml); nats-server is built with `go install` at a pinned
@@ -291,5 +292,6 @@ case "${1:-}" in
     status) cmd_status ;;
     clean) cmd_clean ;;
     kafka-version) pid_alive "$KAFKA_DIR/kafka.pid" && echo "$KAFKA_VERSION" ;;
-    *) echo "usage: $0 up|down|status|clean|kafka-version" >&2; exit 2 ;;
+    nats-bin) ensure_nats >&2 && echo "$NATS_BIN" ;;
+    *) echo "usage: $0 up|down|status|clean|kafka-version|nats-bin" >&2; exit 2 ;;
 esac

@@ -25,6 +25,8 @@ scripts/brokers.sh status
 export BUSBENCH_KAFKA_BOOTSTRAP="${BUSBENCH_KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 export BUSBENCH_NATS_URL="${BUSBENCH_NATS_URL:-nats://127.0.0.1:4222}"
 
+# The restart test runs a private nats-server of its own, from this binary.
+export BUSBENCH_NATS_SERVER="${BUSBENCH_NATS_SERVER:-$(scripts/brokers.sh nats-bin)}"
 export BUSBENCH_KAFKA_VERSION="${BUSBENCH_KAFKA_VERSION:-$(scripts/brokers.sh kafka-version || true)}"
 
 cargo fmt --check

@@ -1,0 +1,139 @@
+//! A NATS server restart in the middle of a run: the bus reconnects by itself, and every
+//! message whose publish it acknowledged to the caller is handled afterwards. The test runs a
+//! private nats-server (file storage, its own port and folder) from `BUSBENCH_NATS_SERVER`,
+//! which `scripts/test.sh` sets, so the shared brokers are not disturbed.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use busbench::bus::{BusConfig, ConnectionState, EventBus, SubscribeOptions, handler};
+use bytes::Bytes;
+
+const PORT: u16 = 14_222;
+
+fn start_server(store: &std::path::Path) -> Child {
+    let binary = std::env::var("BUSBENCH_NATS_SERVER")
+        .expect("BUSBENCH_NATS_SERVER must name a nats-server binary (scripts/test.sh sets it)");
+    Command::new(binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &PORT.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting nats-server")
+}
+
+async fn wait_for(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_port() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", PORT))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nats-server did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_a_server_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let mut server = start_server(store.path());
+    wait_for_port().await;
+
+    let mut config = BusConfig::nats(format!("nats://127.0.0.1:{PORT}"));
+    config.ack_timeout = Duration::from_secs(2);
+    if let busbench::bus::BackendConfig::Nats(nats) = &mut config.backend {
+        nats.ack_wait = Duration::from_secs(2);
+    }
+    let bus = EventBus::connect(config).await.unwrap();
+    let received: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let sink = received.clone();
+    let subscription = bus
+        .subscribe(
+            "restart.events",
+            SubscribeOptions::group("survivor"),
+            handler(move |message| {
+                let sink = sink.clone();
+                async move {
+                    let n = std::str::from_utf8(&message.payload)?.parse::<u32>()?;
+                    sink.lock().unwrap().insert(n);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+
+    let mut acknowledged = HashSet::new();
+    let mut failed = 0;
+    for n in 0..300u32 {
+        if n == 100 {
+            // Stop the server (SIGKILL: nothing is flushed politely), then start it again on
+            // the same store while the bus keeps going.
+            server.kill().unwrap();
+            server.wait().unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while bus.state() == ConnectionState::Connected {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the bus did not notice the outage"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            server = start_server(store.path());
+            wait_for_port().await;
+        }
+        // A publish either fails visibly or is acknowledged; acknowledged ones must arrive.
+        match bus
+            .publish("restart.events", Bytes::from(n.to_string()))
+            .await
+        {
+            Ok(()) => {
+                acknowledged.insert(n);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let reconnect_deadline = Duration::from_secs(30);
+    wait_for("the bus to reconnect", reconnect_deadline, || {
+        bus.state() == ConnectionState::Connected
+    })
+    .await;
+    assert!(
+        acknowledged.len() >= 250,
+        "most publishes succeed ({failed} failed)"
+    );
+    eprintln!(
+        "{} acknowledged, {failed} failed visibly across the restart",
+        acknowledged.len()
+    );
+    wait_for(
+        "every acknowledged message",
+        Duration::from_secs(60),
+        || {
+            let got = received.lock().unwrap();
+            acknowledged.iter().all(|n| got.contains(n))
+        },
+    )
+    .await;
+    subscription.close().await.unwrap();
+    bus.close().await.unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
