@@ -279,6 +279,8 @@ struct Measured {
     tasks_at_end: u64,
     /// The user stopped the run while this cell was measuring.
     interrupted: bool,
+    /// Why closing the bus failed, if it did.
+    close_error: Option<String>,
 }
 
 /// Fails the cell with the broker unreachable (true) or another error (false).
@@ -363,6 +365,9 @@ fn run_cell(
                 "{} publishes failed; first: {error}",
                 m.publish_errors
             ));
+        }
+        if let Some(error) = &m.close_error {
+            failures.push(error.clone());
         }
         if !m.completed && !m.interrupted {
             failures.push(format!(
@@ -530,14 +535,16 @@ async fn drive(
     for topic in topics.iter() {
         let _ = bus.delete_topic(topic).await;
     }
-    let bus = Arc::into_inner(bus).expect("publishers have finished");
-    let close = bus.close().await;
+    let close = match Arc::into_inner(bus) {
+        Some(bus) => bus.close().await,
+        None => Err(crate::bus::BusError::Config(
+            "a publisher still held the bus; it was not closed".into(),
+        )),
+    };
     let mut measured = result?;
     measured.broker_version = broker_version;
     if let Err(e) = close {
-        measured
-            .first_error
-            .get_or_insert(format!("closing the bus: {e}"));
+        measured.close_error = Some(format!("closing the bus: {e}"));
     }
     Ok(measured)
 }
@@ -641,18 +648,35 @@ async fn measure(
             ))
         })
         .collect();
-    let all_published = Arc::new(AtomicBool::new(false));
     let mut reports = Vec::new();
-    let join = async {
-        for publisher in publishers {
-            if let Ok(report) = publisher.await {
-                reports.push(report);
+    let mut pending: Vec<Option<_>> = publishers.into_iter().map(Some).collect();
+    let mut completed_publishing = true;
+    for slot in pending.iter_mut() {
+        let Some(publisher) = slot.as_mut() else {
+            continue;
+        };
+        match tokio::time::timeout_at(deadline, publisher).await {
+            Ok(result) => {
+                *slot = None;
+                match result {
+                    Ok(report) => reports.push(report),
+                    Err(_) => completed_publishing = false,
+                }
+            }
+            Err(_) => {
+                completed_publishing = false;
+                break;
             }
         }
-    };
-    let completed_publishing = tokio::time::timeout_at(deadline, join).await.is_ok();
-    all_published.store(completed_publishing, Ordering::Release);
-    let sent: u64 = reports.iter().map(|r| r.sent).sum();
+    }
+    // Past the deadline: stop the publishers still running, and wait for them to end, so that
+    // nothing of this cell outlives it.
+    for publisher in pending.into_iter().flatten() {
+        publisher.abort();
+        let _ = publisher.await;
+    }
+    // Every message handed to the bus counts as sent, finished publisher or not.
+    let sent = sent_counter.load(Ordering::Acquire);
     // Drain: wait for every message that was sent to be handled.
     let completed =
         completed_publishing && wait_until(deadline, || recorder.distinct() >= sent).await;
@@ -678,6 +702,7 @@ async fn measure(
         broker_version: None,
         tasks_at_end,
         interrupted: interrupted(),
+        close_error: None,
     })
 }
 
