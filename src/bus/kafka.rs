@@ -36,7 +36,8 @@ const BACKEND: &str = "kafka";
 const STATE_CONNECTED: u8 = 0;
 const STATE_RECONNECTING: u8 = 1;
 
-/// Tracks whether librdkafka reports every broker down.
+/// Tracks whether librdkafka reports every broker down; the next successful delivery marks the
+/// connection as up again.
 struct StateContext {
     state: Arc<AtomicU8>,
 }
@@ -183,9 +184,14 @@ impl Transport for KafkaTransport {
             loop {
                 match self.producer.send_result(future_record) {
                     Ok(delivery) => {
+                        let state = self.state.clone();
                         let ack: AckFuture = Box::pin(async move {
                             match delivery.await {
-                                Ok(Ok(_)) => Ok(()),
+                                Ok(Ok(_)) => {
+                                    // A delivery report from the broker: connected again.
+                                    state.store(STATE_CONNECTED, Ordering::Relaxed);
+                                    Ok(())
+                                }
                                 Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
                                 Err(_) => Err(BusError::broker(
                                     BACKEND,
