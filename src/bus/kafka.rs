@@ -7,7 +7,7 @@
 //! parallel across aggregates, so each partition keeps a watermark: only the contiguous prefix
 //! of handled offsets is committed, and a slow message holds back the commit of later ones.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::known_topics::KnownTopics;
 use super::{
     AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
     KafkaConfig, Message, Record, Transport,
@@ -57,7 +58,7 @@ pub(crate) struct KafkaTransport {
     config: KafkaConfig,
     producer: FutureProducer<StateContext>,
     admin: AdminClient<DefaultClientContext>,
-    known_topics: tokio::sync::Mutex<HashSet<String>>,
+    known_topics: KnownTopics,
     state: Arc<AtomicU8>,
     publish_timeout: Duration,
     close_timeout: Duration,
@@ -116,7 +117,7 @@ impl KafkaTransport {
             config,
             producer,
             admin,
-            known_topics: tokio::sync::Mutex::new(HashSet::new()),
+            known_topics: KnownTopics::default(),
             state,
             publish_timeout: bus.publish_timeout,
             close_timeout: bus.close_timeout,
@@ -124,34 +125,33 @@ impl KafkaTransport {
     }
 
     async fn create_topic(&self, topic: &str) -> Result<(), BusError> {
-        let mut known = self.known_topics.lock().await;
-        if known.contains(topic) {
-            return Ok(());
-        }
-        let new_topic = NewTopic::new(
-            topic,
-            self.config.partitions,
-            TopicReplication::Fixed(self.config.replication_factor),
-        );
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = self
-            .admin
-            .create_topics([&new_topic], &options)
-            .await
-            .map_err(|e| BusError::broker(BACKEND, e))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(BusError::broker(
-                        BACKEND,
-                        format!("creating topic {name}: {code}"),
-                    ));
+        self.known_topics
+            .ensure(topic, || async {
+                let new_topic = NewTopic::new(
+                    topic,
+                    self.config.partitions,
+                    TopicReplication::Fixed(self.config.replication_factor),
+                );
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+                let results = self
+                    .admin
+                    .create_topics([&new_topic], &options)
+                    .await
+                    .map_err(|e| BusError::broker(BACKEND, e))?;
+                for result in results {
+                    match result {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((name, code)) => {
+                            return Err(BusError::broker(
+                                BACKEND,
+                                format!("creating topic {name}: {code}"),
+                            ));
+                        }
+                    }
                 }
-            }
-        }
-        known.insert(topic.to_owned());
-        Ok(())
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -294,7 +294,7 @@ impl Transport for KafkaTransport {
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            self.known_topics.lock().await.remove(topic);
+            self.known_topics.forget(topic);
             let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
             let results = self
                 .admin

@@ -14,6 +14,7 @@ mod config;
 pub mod envelope;
 mod error;
 mod kafka;
+mod known_topics;
 mod memory;
 mod nats;
 mod pool;

@@ -5,7 +5,6 @@
 //! many are in flight. Consuming: a durable pull consumer per topic and group, explicit acks
 //! sent only after the handler succeeded; `max_ack_pending` bounds what the server hands out.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::known_topics::KnownTopics;
 use super::{
     AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
     Message, NatsConfig, NatsStorage, Record, Transport,
@@ -26,7 +26,7 @@ pub(crate) struct NatsTransport {
     config: NatsConfig,
     client: async_nats::Client,
     jetstream: jetstream::Context,
-    known_streams: tokio::sync::Mutex<HashSet<String>>,
+    known_topics: KnownTopics,
     close_timeout: Duration,
 }
 
@@ -70,7 +70,7 @@ impl NatsTransport {
             config,
             client,
             jetstream,
-            known_streams: tokio::sync::Mutex::new(HashSet::new()),
+            known_topics: KnownTopics::default(),
             close_timeout: bus.close_timeout,
         })
     }
@@ -89,27 +89,29 @@ impl NatsTransport {
         name
     }
 
-    async fn ensure_stream(&self, topic: &str) -> Result<String, BusError> {
-        let name = self.stream_name(topic);
-        let mut known = self.known_streams.lock().await;
-        if known.contains(&name) {
-            return Ok(name);
-        }
-        self.jetstream
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![topic.to_owned()],
-                storage: match self.config.storage {
-                    NatsStorage::File => stream::StorageType::File,
-                    NatsStorage::Memory => stream::StorageType::Memory,
-                },
-                num_replicas: self.config.replicas,
-                ..Default::default()
+    /// Makes sure the stream of `topic` exists.
+    async fn ensure_stream(&self, topic: &str) -> Result<(), BusError> {
+        self.known_topics
+            .ensure(topic, || async {
+                let name = self.stream_name(topic);
+                self.jetstream
+                    .get_or_create_stream(stream::Config {
+                        name: name.clone(),
+                        subjects: vec![topic.to_owned()],
+                        storage: match self.config.storage {
+                            NatsStorage::File => stream::StorageType::File,
+                            NatsStorage::Memory => stream::StorageType::Memory,
+                        },
+                        num_replicas: self.config.replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        BusError::broker(BACKEND, format!("creating stream {name}: {e}"))
+                    })?;
+                Ok(())
             })
             .await
-            .map_err(|e| BusError::broker(BACKEND, format!("creating stream {name}: {e}")))?;
-        known.insert(name.clone());
-        Ok(name)
     }
 }
 
@@ -151,7 +153,8 @@ impl Transport for NatsTransport {
         sink: DeliverySink,
     ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BusError>> {
         Box::pin(async move {
-            let stream_name = self.ensure_stream(topic).await?;
+            self.ensure_stream(topic).await?;
+            let stream_name = self.stream_name(topic);
             let durable: String = group
                 .chars()
                 .map(|c| {
@@ -214,13 +217,13 @@ impl Transport for NatsTransport {
     }
 
     fn ensure_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(async move { self.ensure_stream(topic).await.map(|_| ()) })
+        Box::pin(self.ensure_stream(topic))
     }
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let name = self.stream_name(topic);
-            self.known_streams.lock().await.remove(&name);
+            self.known_topics.forget(topic);
             match self.jetstream.delete_stream(&name).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.to_string().contains("not found") => Ok(()),
