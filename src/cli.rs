@@ -32,6 +32,82 @@ enum Command {
     Run(RunArgs),
     /// Compares a result with a baseline result; exit 1 on regression.
     Compare(CompareArgs),
+    /// Runs a base build and the head interleaved on this machine and judges the head's
+    /// absolute figures with a statistical test; exit 1 on regression.
+    Ab(AbArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AbArgs {
+    /// The scenario file both builds run.
+    scenario: PathBuf,
+    /// The base: a git revision, built in release mode in its own worktree and target folder.
+    #[arg(
+        long,
+        required_unless_present = "base_bin",
+        conflicts_with = "base_bin"
+    )]
+    base: Option<String>,
+    /// The base as an executable already built, instead of a revision.
+    #[arg(long)]
+    base_bin: Option<PathBuf>,
+    /// The head as a git revision (default: this executable).
+    #[arg(long, conflicts_with = "head_bin")]
+    head: Option<String>,
+    /// The head as an executable already built.
+    #[arg(long)]
+    head_bin: Option<PathBuf>,
+    /// Runs of each side (at least 4).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    /// Folder for the builds, every run's result and the A/B report.
+    #[arg(long, default_value = "target/ab")]
+    out: PathBuf,
+    /// Only these backends (comma-separated: kafka,nats,memory), for both sides.
+    #[arg(long, value_delimiter = ',')]
+    backends: Option<Vec<String>>,
+    /// Kafka bootstrap servers, for both sides.
+    #[arg(
+        long,
+        env = "BUSBENCH_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    kafka_bootstrap: String,
+    /// NATS server URL, for both sides.
+    #[arg(
+        long,
+        env = "BUSBENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// An environment variable for the base runs only (KEY=VALUE; repeatable).
+    #[arg(long, value_parser = parse_key_value)]
+    base_env: Vec<(String, String)>,
+    /// An environment variable for the head runs only (KEY=VALUE; repeatable).
+    #[arg(long, value_parser = parse_key_value)]
+    head_env: Vec<(String, String)>,
+    /// Largest allowed throughput drop, percent (default: the scenario's `[regression]`).
+    #[arg(long)]
+    throughput_drop: Option<f64>,
+    /// Largest allowed p99 rise, percent.
+    #[arg(long)]
+    latency_rise: Option<f64>,
+    /// Largest allowed rise of CPU time per message, percent.
+    #[arg(long)]
+    cpu_rise: Option<f64>,
+    /// The largest Mann-Whitney p-value that counts as significant.
+    #[arg(long)]
+    significance: Option<f64>,
+    /// Also write the report as markdown (for a pull-request comment) to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// Overrides of the scenario's `[regression]` thresholds.
@@ -43,12 +119,29 @@ struct ThresholdArgs {
     /// Largest allowed p99 latency rise, percent.
     #[arg(long)]
     latency_rise: Option<f64>,
+    /// Largest allowed rise of CPU time per message, percent.
+    #[arg(long)]
+    cpu_rise: Option<f64>,
     /// Largest allowed peak-RSS rise, percent.
     #[arg(long)]
     rss_rise: Option<f64>,
+    /// Largest allowed rise of heap allocations or bytes per message, percent.
+    #[arg(long)]
+    allocations_rise: Option<f64>,
+    /// Largest allowed drop of a ratio within a run (efficiency, envelope/raw,
+    /// handled/published), percent.
+    #[arg(long)]
+    ratio_drop: Option<f64>,
     /// Also write the comparison as markdown (for a pull-request comment) to this file.
     #[arg(long)]
     comparison_markdown: Option<PathBuf>,
+    /// The baseline comes from this very machine: refuse it if its environment fingerprint
+    /// differs, and let absolute figures (msg/s, µs, RSS) fail the comparison.
+    #[arg(long, conflicts_with = "machine_free_only")]
+    same_machine: bool,
+    /// Absolute figures only warn, whatever the fingerprints; machine-free figures gate.
+    #[arg(long)]
+    machine_free_only: bool,
 }
 
 impl ThresholdArgs {
@@ -59,10 +152,29 @@ impl ThresholdArgs {
         if let Some(value) = self.latency_rise {
             thresholds.latency_rise_pct = value;
         }
+        if let Some(value) = self.cpu_rise {
+            thresholds.cpu_rise_pct = value;
+        }
         if let Some(value) = self.rss_rise {
             thresholds.rss_rise_pct = value;
         }
+        if let Some(value) = self.allocations_rise {
+            thresholds.allocations_rise_pct = value;
+        }
+        if let Some(value) = self.ratio_drop {
+            thresholds.ratio_drop_pct = value;
+        }
         thresholds
+    }
+
+    fn policy(&self) -> compare::AbsolutePolicy {
+        if self.same_machine {
+            compare::AbsolutePolicy::SameMachine
+        } else if self.machine_free_only {
+            compare::AbsolutePolicy::Warn
+        } else {
+            compare::AbsolutePolicy::Auto
+        }
     }
 }
 
@@ -135,6 +247,97 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
+        Command::Ab(args) => ab(args),
+    }
+}
+
+fn ab(args: AbArgs) -> i32 {
+    let scenario = match Scenario::load(&args.scenario) {
+        Ok(scenario) => scenario,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut thresholds = scenario.regression;
+    for (value, slot) in [
+        (args.throughput_drop, &mut thresholds.throughput_drop_pct),
+        (args.latency_rise, &mut thresholds.latency_rise_pct),
+        (args.cpu_rise, &mut thresholds.cpu_rise_pct),
+        (args.significance, &mut thresholds.significance),
+    ] {
+        if let Some(value) = value {
+            *slot = value;
+        }
+    }
+    if !(thresholds.significance > 0.0 && thresholds.significance < 1.0) {
+        eprintln!("error: --significance must be between 0 and 1");
+        return EXIT_USAGE;
+    }
+    let mut run_args = vec![
+        "--kafka-bootstrap".to_owned(),
+        args.kafka_bootstrap,
+        "--nats-url".to_owned(),
+        args.nats_url,
+    ];
+    if let Some(backends) = &args.backends {
+        run_args.push("--backends".into());
+        run_args.push(backends.join(","));
+    }
+    let build = |revision: Option<String>, binary: Option<PathBuf>| match (revision, binary) {
+        (Some(revision), _) => crate::ab::Build::Revision(revision),
+        (None, Some(binary)) => crate::ab::Build::Binary(binary),
+        (None, None) => crate::ab::Build::Current,
+    };
+    let options = crate::ab::AbOptions {
+        scenario: args.scenario,
+        base: build(args.base, args.base_bin),
+        head: build(args.head, args.head_bin),
+        runs: args.runs,
+        out: args.out,
+        run_args,
+        base_env: args.base_env,
+        head_env: args.head_env,
+        thresholds,
+    };
+    watch_for_ctrl_c();
+    let report = match crate::ab::run(&options) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return match error {
+                crate::ab::AbError::Usage(_) | crate::ab::AbError::Refused { .. } => EXIT_USAGE,
+                crate::ab::AbError::Interrupted => 130,
+                crate::ab::AbError::Infrastructure(_) => EXIT_INFRASTRUCTURE,
+            };
+        }
+    };
+    println!("{}", report::ab::terminal(&report));
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let json_path = options.out.join(format!("ab-{stamp}.json"));
+    let mut outputs = vec![(
+        json_path,
+        report::ab::json(&report).map_err(|e| e.to_string()),
+    )];
+    if let Some(path) = args.markdown {
+        outputs.push((path, Ok(report::ab::markdown(&report).into_bytes())));
+    }
+    for (path, bytes) in outputs {
+        let written = bytes
+            .map_err(anyhow::Error::msg)
+            .and_then(|bytes| report::write_atomically(&path, &bytes));
+        match written {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(error) => {
+                eprintln!("error: writing {}: {error:#}", path.display());
+                return EXIT_INFRASTRUCTURE;
+            }
+        }
+    }
+    if report.regressed() {
+        EXIT_THRESHOLD
+    } else {
+        EXIT_OK
     }
 }
 
@@ -148,12 +351,7 @@ fn compare(args: CompareArgs) -> i32 {
         }
     };
     let thresholds = args.thresholds.apply(current.scenario.settings.regression);
-    judge(
-        &baseline,
-        &current,
-        &thresholds,
-        args.thresholds.comparison_markdown.as_deref(),
-    )
+    judge(&baseline, &current, &thresholds, &args.thresholds)
 }
 
 /// Compares, prints, and returns the exit code of a comparison.
@@ -161,12 +359,12 @@ fn judge(
     baseline: &crate::metrics::model::RunResult,
     current: &crate::metrics::model::RunResult,
     thresholds: &RegressionThresholds,
-    markdown_file: Option<&std::path::Path>,
+    args: &ThresholdArgs,
 ) -> i32 {
-    match compare::compare(baseline, current, thresholds) {
+    match compare::compare(baseline, current, thresholds, args.policy()) {
         Ok(comparison) => {
             println!("{}", compare::terminal(&comparison, thresholds));
-            if let Some(path) = markdown_file {
+            if let Some(path) = &args.comparison_markdown {
                 let text = compare::markdown(&comparison, thresholds);
                 if let Err(error) = report::write_atomically(path, text.as_bytes()) {
                     eprintln!("error: writing {}: {error:#}", path.display());
@@ -314,12 +512,7 @@ fn run(args: RunArgs) -> i32 {
     };
     if let Some(baseline) = &baseline {
         let thresholds = args.thresholds.apply(scenario.regression);
-        let judged = judge(
-            baseline,
-            &outcome.result,
-            &thresholds,
-            args.thresholds.comparison_markdown.as_deref(),
-        );
+        let judged = judge(baseline, &outcome.result, &thresholds, &args.thresholds);
         code = code.max(judged);
     }
     code

@@ -2,8 +2,10 @@
 //!
 //! The library holds everything: the [`bus`] itself, the [`scenario`] model, the [`runner`]
 //! that drives the bus and measures it, the [`metrics`] it records and the [`report`]
-//! exporters. `main.rs` only calls [`cli::main`].
+//! exporters; [`ab`] compares two builds on one machine. `main.rs` only calls
+//! [`cli::main`].
 
+pub mod ab;
 pub mod bus;
 pub mod cli;
 pub mod metrics;

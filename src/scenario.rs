@@ -230,29 +230,60 @@ pub struct Scenario {
     pub regression: RegressionThresholds,
 }
 
-/// The `[regression]` section: allowed change against a baseline, in percent.
+/// The `[regression]` section: how much worse than a baseline a run may be, in percent.
+///
+/// Absolute figures (msg/s, latency, CPU time, RSS) depend on the machine: they gate a
+/// comparison only on the same machine (`busbench ab`, or `compare --same-machine`).
+/// Machine-free figures (heap allocations per message, and ratios taken within one run) gate
+/// against a baseline from any machine of the same kind.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegressionThresholds {
-    /// Largest allowed drop of publish or end-to-end throughput, percent.
+    /// Absolute: largest allowed drop of publish or end-to-end throughput, percent.
     #[serde(default = "default_throughput_drop")]
     pub throughput_drop_pct: f64,
-    /// Largest allowed rise of publish or end-to-end p99 latency, percent.
+    /// Absolute: largest allowed rise of publish or end-to-end p99 latency, percent.
     #[serde(default = "default_latency_rise")]
     pub latency_rise_pct: f64,
-    /// Largest allowed rise of peak RSS, percent.
+    /// Absolute: largest allowed rise of CPU time per message, percent.
+    #[serde(default = "default_cpu_rise")]
+    pub cpu_rise_pct: f64,
+    /// Absolute: largest allowed rise of peak RSS, percent.
     #[serde(default = "default_rss_rise")]
     pub rss_rise_pct: f64,
+    /// Machine-free: largest allowed rise of heap allocations or allocated bytes per message,
+    /// percent.
+    #[serde(default = "default_allocations_rise")]
+    pub allocations_rise_pct: f64,
+    /// Machine-free: largest allowed drop of a ratio taken within one run (bus efficiency,
+    /// envelope/raw throughput, handled/published throughput), percent.
+    #[serde(default = "default_ratio_drop")]
+    pub ratio_drop_pct: f64,
+    /// A/B: the largest Mann-Whitney p-value that counts as a significant change.
+    #[serde(default = "default_significance")]
+    pub significance: f64,
 }
 
 fn default_throughput_drop() -> f64 {
-    25.0
+    20.0
 }
 fn default_latency_rise() -> f64 {
-    50.0
+    100.0
+}
+fn default_cpu_rise() -> f64 {
+    20.0
 }
 fn default_rss_rise() -> f64 {
     50.0
+}
+fn default_allocations_rise() -> f64 {
+    10.0
+}
+fn default_ratio_drop() -> f64 {
+    35.0
+}
+fn default_significance() -> f64 {
+    0.05
 }
 
 impl Default for RegressionThresholds {
@@ -260,7 +291,11 @@ impl Default for RegressionThresholds {
         RegressionThresholds {
             throughput_drop_pct: default_throughput_drop(),
             latency_rise_pct: default_latency_rise(),
+            cpu_rise_pct: default_cpu_rise(),
             rss_rise_pct: default_rss_rise(),
+            allocations_rise_pct: default_allocations_rise(),
+            ratio_drop_pct: default_ratio_drop(),
+            significance: default_significance(),
         }
     }
 }
@@ -508,7 +543,10 @@ impl Scenario {
         for (key, value) in [
             ("throughput_drop_pct", self.regression.throughput_drop_pct),
             ("latency_rise_pct", self.regression.latency_rise_pct),
+            ("cpu_rise_pct", self.regression.cpu_rise_pct),
             ("rss_rise_pct", self.regression.rss_rise_pct),
+            ("allocations_rise_pct", self.regression.allocations_rise_pct),
+            ("ratio_drop_pct", self.regression.ratio_drop_pct),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(fail(
@@ -517,6 +555,14 @@ impl Scenario {
                     "must be a percentage of 0 or more".into(),
                 ));
             }
+        }
+        let significance = self.regression.significance;
+        if !(significance > 0.0 && significance < 1.0) {
+            return Err(fail(
+                Some("regression"),
+                "significance",
+                "must be a probability between 0 and 1, such as 0.05".into(),
+            ));
         }
         if self.modes.contains(&Mode::Envelope) && self.aggregates < u64::from(self.publishers) {
             return Err(fail(

@@ -66,7 +66,17 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         },
         cpu_us_per_msg: 10.0 * scale,
         ceiling_msgs_per_sec: Some(4000.0),
-        efficiency: Some(0.25 / scale),
+        efficiency: Some(if scale == 1.5 { 1.25 } else { 0.25 / scale }),
+        work_per_msg: WorkPerMessage {
+            allocations: Some(12.0 * scale),
+            allocated_bytes: Some(2048.0 * scale),
+            context_switches: 0.05,
+        },
+        warnings: if scale == 1.5 {
+            vec!["bus efficiency 125% is above 100% by more than the noise (5%): the bare-client ceiling was not a ceiling on this load; do not read it as the bus beating its client".into()]
+        } else {
+            vec![]
+        },
         repeats: None,
     }
 }
@@ -167,4 +177,18 @@ fn winners_and_ratios_follow_the_figures() {
     assert_eq!(row("status"), ["status", "ok", "ok", ""]);
     let (_, envelope_rows) = busbench::report::table::comparison_rows(&fixture(), Mode::Envelope);
     assert_eq!(envelope_rows[0], ["status", "ok", "FAILED", ""]);
+}
+
+#[test]
+fn an_efficiency_above_one_is_marked_and_never_best() {
+    let (_, rows) = busbench::report::table::comparison_rows(&fixture(), Mode::Envelope);
+    let row = rows.iter().find(|r| r[0] == "bus efficiency").unwrap();
+    assert_eq!(row[1], "125.00% (suspect)");
+    assert_eq!(row[3], "", "one ranked value left: no winner");
+    let markdown = MarkdownExporter { chart_file: None }
+        .render(&fixture())
+        .unwrap();
+    let markdown = String::from_utf8(markdown).unwrap();
+    assert!(markdown.contains("## Warnings"));
+    assert!(markdown.contains("kafka/envelope: bus efficiency 125%"));
 }

@@ -132,8 +132,33 @@ impl Pool {
     }
 }
 
+/// The environment variable of the test switch that makes every handler worker burn this many
+/// nanoseconds of CPU before each delivery: a deliberately slower bus, to check that
+/// regression gates catch one. Unset (the default), it costs nothing.
+pub const SLOWDOWN_VARIABLE: &str = "BUSBENCH_SLOWDOWN_NS";
+
+fn slowdown_from_env() -> Option<Duration> {
+    std::env::var(SLOWDOWN_VARIABLE)
+        .ok()
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .filter(|nanos| *nanos > 0)
+        .map(Duration::from_nanos)
+}
+
+/// Keeps the CPU busy for `duration` (work, not a sleep).
+fn burn(duration: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
+
 async fn run_worker(mut receiver: mpsc::Receiver<Delivery>, context: Arc<WorkerContext>) {
+    let slowdown = slowdown_from_env();
     while let Some(delivery) = receiver.recv().await {
+        if let Some(duration) = slowdown {
+            burn(duration);
+        }
         handle(delivery, &context).await;
     }
 }

@@ -70,6 +70,32 @@ pub struct Environment {
     pub broker_addresses: BTreeMap<String, String>,
 }
 
+impl Environment {
+    /// What must be equal for two runs' absolute figures (msg/s, µs) to be comparable: CPU
+    /// model, logical cores, memory (whole GiB), OS, kernel and broker versions, in one line.
+    pub fn fingerprint_text(&self) -> String {
+        let brokers: Vec<String> = self
+            .brokers
+            .iter()
+            .map(|(name, version)| format!("{name} {version}"))
+            .collect();
+        format!(
+            "{} x{}, {} GiB, {}, kernel {}, {}",
+            self.cpu_model,
+            self.cores,
+            (self.memory_bytes as f64 / f64::from(1u32 << 30)).round(),
+            self.os,
+            self.kernel,
+            brokers.join(", ")
+        )
+    }
+
+    /// A short hash of [`Environment::fingerprint_text`].
+    pub fn fingerprint(&self) -> String {
+        fnv1a_64_hex(self.fingerprint_text().as_bytes())[..12].to_owned()
+    }
+}
+
 /// How a cell ended.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -193,10 +219,36 @@ pub struct CellResult {
     pub ceiling_msgs_per_sec: Option<f64>,
     /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
     pub efficiency: Option<f64>,
+    /// Work the process did per handled message during the measured phase, figures that do
+    /// not depend on the CPU's speed.
+    #[serde(default)]
+    pub work_per_msg: WorkPerMessage,
+    /// Figures to distrust, with the reason (for instance an efficiency above 1, which says
+    /// the ceiling was not one). A warning does not fail the cell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The figures of every run when the cell ran more than once; the cell's own figures are
     /// those of the run with the median end-to-end throughput.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<RepeatSpread>,
+}
+
+/// Work per handled message in the measured phase (first send to last handled), counted in
+/// the whole busbench process: publishers, bus, client library and harness. Librdkafka's own C
+/// allocations are not seen by Rust's allocator and are not counted.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkPerMessage {
+    /// Heap allocations (and reallocations) per handled message; absent when the counting
+    /// allocator is not installed.
+    #[serde(default)]
+    pub allocations: Option<f64>,
+    /// Heap bytes requested per handled message; absent when the counting allocator is not
+    /// installed.
+    #[serde(default)]
+    pub allocated_bytes: Option<f64>,
+    /// Context switches (voluntary and involuntary, every thread) per handled message.
+    #[serde(default)]
+    pub context_switches: f64,
 }
 
 /// Per-run figures of a repeated cell, and how far apart they are.
@@ -208,6 +260,18 @@ pub struct RepeatSpread {
     pub publish_msgs_per_sec: Vec<f64>,
     /// End-to-end p99 of each run, µs.
     pub e2e_p99_us: Vec<u64>,
+    /// Bus efficiency of each run (absent without a ceiling).
+    #[serde(default)]
+    pub efficiency: Vec<f64>,
+    /// Heap allocations per message of each run (absent without the counting allocator).
+    #[serde(default)]
+    pub allocations_per_msg: Vec<f64>,
+    /// Heap bytes per message of each run (absent without the counting allocator).
+    #[serde(default)]
+    pub allocated_bytes_per_msg: Vec<f64>,
+    /// CPU µs per message of each run.
+    #[serde(default)]
+    pub cpu_us_per_msg: Vec<f64>,
     /// (max - min) / median of the end-to-end throughput, percent.
     pub spread_pct: f64,
 }

@@ -38,6 +38,62 @@ pub fn cpu_time() -> Duration {
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
+/// Context switches (voluntary and involuntary) of every thread of the process so far.
+pub fn context_switches() -> u64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer is always defined.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    (usage.ru_nvcsw + usage.ru_nivcsw) as u64
+}
+
+/// Counters of work that does not depend on the CPU's speed, read at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkCounters {
+    /// Heap allocations so far (none without the counting allocator).
+    pub allocations: Option<crate::metrics::alloc::AllocationCounts>,
+    /// Context switches so far.
+    pub context_switches: u64,
+}
+
+impl WorkCounters {
+    /// The counters now.
+    pub fn read() -> Self {
+        WorkCounters {
+            allocations: crate::metrics::alloc::AllocationCounts::read(),
+            context_switches: context_switches(),
+        }
+    }
+
+    /// The work between `earlier` and `self`, per message over `messages` (zeros for none).
+    pub fn per_message_since(
+        &self,
+        earlier: &WorkCounters,
+        messages: u64,
+    ) -> crate::metrics::model::WorkPerMessage {
+        let per = |count: u64| {
+            if messages == 0 {
+                0.0
+            } else {
+                count as f64 / messages as f64
+            }
+        };
+        let allocations = match (self.allocations, earlier.allocations) {
+            (Some(now), Some(then)) => Some(now.since(then)),
+            _ => None,
+        };
+        crate::metrics::model::WorkPerMessage {
+            allocations: allocations.map(|a| per(a.allocations)),
+            allocated_bytes: allocations.map(|a| per(a.bytes)),
+            context_switches: per(self
+                .context_switches
+                .saturating_sub(earlier.context_switches)),
+        }
+    }
+}
+
 /// Tasks alive in the given tokio runtime.
 pub fn alive_tasks(handle: &tokio::runtime::Handle) -> u64 {
     handle.metrics().num_alive_tasks() as u64

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, Table};
 
-use crate::metrics::model::{CellResult, CellStatus, RunResult, SCHEMA_VERSION, median};
-use crate::scenario::RegressionThresholds;
+use crate::metrics::model::{
+    CellResult, CellStatus, RepeatSpread, RunResult, SCHEMA_VERSION, median,
+};
+use crate::scenario::{BackendKind, Mode, RegressionThresholds};
 
 /// Why two results cannot be compared.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,35 @@ pub enum CompareError {
         /// The current run's workload hash.
         current_hash: String,
     },
+    /// `--same-machine` was asked for, and the runs' environments differ.
+    #[error(
+        "--same-machine: the runs come from different environments (baseline: {baseline}; current: {current})"
+    )]
+    DifferentMachines {
+        /// The baseline's fingerprint text.
+        baseline: String,
+        /// The current run's fingerprint text.
+        current: String,
+    },
+}
+
+/// What kind of figure a metric is, which decides where it may gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FigureClass {
+    /// Does not depend on the machine's speed: exact counts, allocations per message, ratios
+    /// taken within one run. Gated against a baseline from any machine of the same kind.
+    MachineFree,
+    /// Depends on the machine (msg/s, µs, RSS): gated only on the same machine.
+    Absolute,
+}
+
+impl FigureClass {
+    fn label(self) -> &'static str {
+        match self {
+            FigureClass::MachineFree => "machine-free",
+            FigureClass::Absolute => "absolute",
+        }
+    }
 }
 
 /// The judgement on one metric of one cell.
@@ -59,29 +90,48 @@ pub enum Verdict {
     Regressed,
     /// Worse by more than the threshold, but within the spread of repeated runs.
     Inconclusive,
+    /// An absolute figure worse by more than the threshold, on another machine: reported,
+    /// never failing.
+    Warning,
 }
 
 impl Verdict {
-    fn label(self) -> &'static str {
+    /// The word shown in tables.
+    pub fn label(self) -> &'static str {
         match self {
             Verdict::Ok => "ok",
             Verdict::Improved => "improved",
             Verdict::Regressed => "REGRESSED",
             Verdict::Inconclusive => "too noisy",
+            Verdict::Warning => "warning",
         }
     }
+}
+
+/// Whether absolute figures may fail a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AbsolutePolicy {
+    /// Gate them when both runs have the same environment fingerprint, warn otherwise.
+    #[default]
+    Auto,
+    /// Demand the same fingerprint (refuse to compare otherwise) and gate them.
+    SameMachine,
+    /// Never gate them, only warn (machine-free figures still gate).
+    Warn,
 }
 
 /// One metric of one cell, baseline against current.
 #[derive(Debug, Clone)]
 pub struct MetricChange {
-    /// `backend/mode`.
+    /// `backend/mode`, or `backend/envelope÷raw` for a ratio across modes.
     pub cell: String,
     /// The metric's name.
     pub metric: &'static str,
-    /// The baseline's value.
+    /// Machine-free or absolute.
+    pub class: FigureClass,
+    /// The baseline's value (median of its runs).
     pub baseline: f64,
-    /// The current value.
+    /// The current value (median of its runs).
     pub current: f64,
     /// (current - baseline) / baseline, percent.
     pub change_pct: f64,
@@ -96,8 +146,14 @@ pub struct Comparison {
     pub changes: Vec<MetricChange>,
     /// Correctness regressions and missing cells: each fails the comparison.
     pub correctness: Vec<String>,
-    /// Differences of machine or software between the runs (allowed, but flagged).
+    /// Differences of machine or software between the runs, and figures left out.
     pub notes: Vec<String>,
+    /// Whether absolute figures could fail this comparison.
+    pub absolute_gated: bool,
+    /// The baseline's environment fingerprint, and its text.
+    pub baseline_fingerprint: (String, String),
+    /// The current run's environment fingerprint, and its text.
+    pub current_fingerprint: (String, String),
 }
 
 impl Comparison {
@@ -134,28 +190,147 @@ pub fn read_result(path: &Path) -> Result<RunResult, CompareError> {
 enum Kind {
     Throughput,
     Latency,
+    Cpu,
     Memory,
+    Allocations,
+    Ratio,
 }
 
-fn values(
-    cell: &CellResult,
-    pick: fn(&CellResult) -> f64,
-    spread: Option<fn(&CellResult) -> Vec<f64>>,
-) -> (f64, Vec<f64>) {
-    match (&cell.repeats, spread) {
-        (Some(_), Some(all)) => {
-            let runs = all(cell);
-            (median(&runs), runs)
+impl Kind {
+    fn class(self) -> FigureClass {
+        match self {
+            Kind::Allocations | Kind::Ratio => FigureClass::MachineFree,
+            Kind::Throughput | Kind::Latency | Kind::Cpu | Kind::Memory => FigureClass::Absolute,
         }
-        _ => (pick(cell), vec![pick(cell)]),
+    }
+
+    /// Whether a rise is bad, and the allowed change.
+    fn threshold(self, thresholds: &RegressionThresholds) -> (bool, f64) {
+        match self {
+            Kind::Throughput => (false, thresholds.throughput_drop_pct),
+            Kind::Latency => (true, thresholds.latency_rise_pct),
+            Kind::Cpu => (true, thresholds.cpu_rise_pct),
+            Kind::Memory => (true, thresholds.rss_rise_pct),
+            Kind::Allocations => (true, thresholds.allocations_rise_pct),
+            Kind::Ratio => (false, thresholds.ratio_drop_pct),
+        }
     }
 }
 
-/// Compares `current` with `baseline` under `thresholds`.
+/// Every run's value of a metric in a cell: the repeats when the cell was repeated and they
+/// carry the metric, else the cell's own value; empty when the cell lacks the metric.
+type RunValues = fn(&CellResult) -> Vec<f64>;
+
+fn runs_or(
+    cell: &CellResult,
+    per_run: fn(&RepeatSpread) -> Vec<f64>,
+    single: Option<f64>,
+) -> Vec<f64> {
+    match cell.repeats.as_ref().map(per_run) {
+        Some(runs) if !runs.is_empty() => runs,
+        _ => single.into_iter().collect(),
+    }
+}
+
+/// The metrics compared per cell.
+fn cell_metrics() -> [(&'static str, Kind, RunValues); 9] {
+    [
+        ("heap allocations/msg", Kind::Allocations, |c| {
+            runs_or(
+                c,
+                |r| r.allocations_per_msg.clone(),
+                c.work_per_msg.allocations,
+            )
+        }),
+        ("heap bytes/msg", Kind::Allocations, |c| {
+            runs_or(
+                c,
+                |r| r.allocated_bytes_per_msg.clone(),
+                c.work_per_msg.allocated_bytes,
+            )
+        }),
+        ("bus efficiency", Kind::Ratio, |c| {
+            runs_or(c, |r| r.efficiency.clone(), c.efficiency)
+        }),
+        ("handled/published", Kind::Ratio, |c| {
+            let ratio = |e2e: f64, publish: f64| (publish > 0.0).then(|| e2e / publish);
+            match &c.repeats {
+                Some(r) if !r.e2e_msgs_per_sec.is_empty() => r
+                    .e2e_msgs_per_sec
+                    .iter()
+                    .zip(&r.publish_msgs_per_sec)
+                    .filter_map(|(e2e, publish)| ratio(*e2e, *publish))
+                    .collect(),
+                _ => ratio(
+                    c.throughput.e2e_msgs_per_sec,
+                    c.throughput.publish_msgs_per_sec,
+                )
+                .into_iter()
+                .collect(),
+            }
+        }),
+        ("end-to-end msg/s", Kind::Throughput, |c| {
+            runs_or(
+                c,
+                |r| r.e2e_msgs_per_sec.clone(),
+                Some(c.throughput.e2e_msgs_per_sec),
+            )
+        }),
+        ("publish msg/s", Kind::Throughput, |c| {
+            runs_or(
+                c,
+                |r| r.publish_msgs_per_sec.clone(),
+                Some(c.throughput.publish_msgs_per_sec),
+            )
+        }),
+        ("e2e p99 µs", Kind::Latency, |c| {
+            runs_or(
+                c,
+                |r| r.e2e_p99_us.iter().map(|v| *v as f64).collect(),
+                Some(c.latency_us.e2e.p99 as f64),
+            )
+        }),
+        ("CPU µs/msg", Kind::Cpu, |c| {
+            runs_or(c, |r| r.cpu_us_per_msg.clone(), Some(c.cpu_us_per_msg))
+        }),
+        ("peak RSS bytes", Kind::Memory, |c| {
+            vec![c.memory.rss_peak_bytes as f64]
+        }),
+    ]
+}
+
+/// The judgement of one change.
+fn judge_change(
+    kind: Kind,
+    change_pct: f64,
+    noise_pct: f64,
+    gated: bool,
+    thresholds: &RegressionThresholds,
+) -> Verdict {
+    let (rise_is_bad, threshold) = kind.threshold(thresholds);
+    let worse_pct = if rise_is_bad { change_pct } else { -change_pct };
+    if worse_pct > threshold {
+        if !gated {
+            Verdict::Warning
+        } else if worse_pct <= noise_pct {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Regressed
+        }
+    } else if -worse_pct > threshold {
+        Verdict::Improved
+    } else {
+        Verdict::Ok
+    }
+}
+
+/// Compares `current` with `baseline` under `thresholds`; `policy` says whether absolute
+/// figures may fail the comparison.
 pub fn compare(
     baseline: &RunResult,
     current: &RunResult,
     thresholds: &RegressionThresholds,
+    policy: AbsolutePolicy,
 ) -> Result<Comparison, CompareError> {
     if baseline.scenario.hash != current.scenario.hash {
         return Err(CompareError::ScenarioMismatch {
@@ -165,8 +340,24 @@ pub fn compare(
             current_hash: current.scenario.hash.clone(),
         });
     }
-    let mut comparison = Comparison::default();
     let (b, c) = (&baseline.environment, &current.environment);
+    let same_machine = b.fingerprint() == c.fingerprint();
+    if policy == AbsolutePolicy::SameMachine && !same_machine {
+        return Err(CompareError::DifferentMachines {
+            baseline: b.fingerprint_text(),
+            current: c.fingerprint_text(),
+        });
+    }
+    let mut comparison = Comparison {
+        absolute_gated: match policy {
+            AbsolutePolicy::Auto => same_machine,
+            AbsolutePolicy::SameMachine => true,
+            AbsolutePolicy::Warn => false,
+        },
+        baseline_fingerprint: (b.fingerprint(), b.fingerprint_text()),
+        current_fingerprint: (c.fingerprint(), c.fingerprint_text()),
+        ..Comparison::default()
+    };
     if b.cpu_model != c.cpu_model || b.cores != c.cores {
         comparison.notes.push(format!(
             "different machines: baseline {} ({} cores), current {} ({} cores)",
@@ -185,62 +376,10 @@ pub fn compare(
             b.busbench_version, c.busbench_version
         ));
     }
-    type Pick = fn(&CellResult) -> f64;
-    type Runs = Option<fn(&CellResult) -> Vec<f64>>;
-    let metrics: [(&str, Kind, Pick, Runs); 5] = [
-        (
-            "end-to-end msg/s",
-            Kind::Throughput,
-            |c| c.throughput.e2e_msgs_per_sec,
-            Some(|c| {
-                c.repeats
-                    .as_ref()
-                    .map(|r| r.e2e_msgs_per_sec.clone())
-                    .unwrap_or_default()
-            }),
-        ),
-        (
-            "publish msg/s",
-            Kind::Throughput,
-            |c| c.throughput.publish_msgs_per_sec,
-            Some(|c| {
-                c.repeats
-                    .as_ref()
-                    .map(|r| r.publish_msgs_per_sec.clone())
-                    .unwrap_or_default()
-            }),
-        ),
-        (
-            "e2e p99 µs",
-            Kind::Latency,
-            |c| c.latency_us.e2e.p99 as f64,
-            Some(|c| {
-                c.repeats
-                    .as_ref()
-                    .map(|r| r.e2e_p99_us.iter().map(|v| *v as f64).collect())
-                    .unwrap_or_default()
-            }),
-        ),
-        (
-            "publish p99 µs",
-            Kind::Latency,
-            |c| c.latency_us.publish.p99 as f64,
-            None,
-        ),
-        (
-            "peak RSS bytes",
-            Kind::Memory,
-            |c| c.memory.rss_peak_bytes as f64,
-            None,
-        ),
-    ];
+    let mut missing_metrics = std::collections::BTreeSet::new();
     for base in &baseline.cells {
         let name = format!("{}/{}", base.backend, base.mode);
-        let Some(now) = current
-            .cells
-            .iter()
-            .find(|c| c.backend == base.backend && c.mode == base.mode)
-        else {
+        let Some(now) = find_cell(current, base) else {
             comparison
                 .correctness
                 .push(format!("{name}: missing from the current run"));
@@ -253,6 +392,7 @@ pub fn compare(
         }
         for (what, count) in [
             ("messages lost", now.lost),
+            ("duplicate deliveries", now.duplicates),
             ("order violations", now.order_violations),
             ("tasks left after close", now.tasks.leaked),
             ("threads left after close", now.threads.leaked),
@@ -263,47 +403,66 @@ pub fn compare(
                     .push(format!("{name}: {count} {what}"));
             }
         }
-        for (metric, kind, pick, runs) in metrics {
-            let (base_value, base_runs) = values(base, pick, runs);
-            let (now_value, now_runs) = values(now, pick, runs);
-            if base_value <= 0.0 {
+        for (metric, kind, runs) in cell_metrics() {
+            let (base_runs, now_runs) = (runs(base), runs(now));
+            if base_runs.is_empty() || now_runs.is_empty() {
+                if !base_runs.is_empty() || !now_runs.is_empty() {
+                    missing_metrics.insert(metric);
+                }
                 continue;
             }
-            let change_pct = (now_value - base_value) / base_value * 100.0;
-            // Positive "worse" means the metric moved the wrong way.
-            let (worse_pct, threshold) = match kind {
-                Kind::Throughput => (-change_pct, thresholds.throughput_drop_pct),
-                Kind::Latency => (change_pct, thresholds.latency_rise_pct),
-                Kind::Memory => (change_pct, thresholds.rss_rise_pct),
-            };
-            let noise = spread_pct(&base_runs).max(spread_pct(&now_runs));
-            let verdict = if worse_pct > threshold {
-                if worse_pct <= noise {
-                    Verdict::Inconclusive
-                } else {
-                    Verdict::Regressed
-                }
-            } else if -worse_pct > threshold {
-                Verdict::Improved
-            } else {
-                Verdict::Ok
-            };
-            comparison.changes.push(MetricChange {
-                cell: name.clone(),
+            comparison.push_change(
+                name.clone(),
                 metric,
-                baseline: base_value,
-                current: now_value,
-                change_pct,
-                verdict,
-            });
+                kind,
+                &base_runs,
+                &now_runs,
+                thresholds,
+            );
         }
     }
+    // Envelope against raw throughput of each backend: what the envelope path costs.
+    for base_raw in baseline.cells.iter().filter(|c| c.mode == Mode::Raw) {
+        let envelope_of = |result: &RunResult, backend: BackendKind| {
+            let pick = |mode: Mode| {
+                result
+                    .cells
+                    .iter()
+                    .find(|c| c.backend == backend && c.mode == mode)
+                    .map(|c| {
+                        median(&runs_or(
+                            c,
+                            |r| r.e2e_msgs_per_sec.clone(),
+                            Some(c.throughput.e2e_msgs_per_sec),
+                        ))
+                    })
+            };
+            match (pick(Mode::Envelope), pick(Mode::Raw)) {
+                (Some(envelope), Some(raw)) if raw > 0.0 => Some(envelope / raw),
+                _ => None,
+            }
+        };
+        if let (Some(was), Some(now)) = (
+            envelope_of(baseline, base_raw.backend),
+            envelope_of(current, base_raw.backend),
+        ) {
+            comparison.push_change(
+                format!("{}/envelope÷raw", base_raw.backend),
+                "end-to-end msg/s ratio",
+                Kind::Ratio,
+                &[was],
+                &[now],
+                thresholds,
+            );
+        }
+    }
+    for metric in missing_metrics {
+        comparison.notes.push(format!(
+            "{metric}: in only one of the two results, not compared"
+        ));
+    }
     for now in &current.cells {
-        if !baseline
-            .cells
-            .iter()
-            .any(|b| b.backend == now.backend && b.mode == now.mode)
-        {
+        if find_cell(baseline, now).is_none() {
             comparison
                 .notes
                 .push(format!("{}/{}: not in the baseline", now.backend, now.mode));
@@ -312,13 +471,56 @@ pub fn compare(
     Ok(comparison)
 }
 
+fn find_cell<'a>(result: &'a RunResult, like: &CellResult) -> Option<&'a CellResult> {
+    result
+        .cells
+        .iter()
+        .find(|c| c.backend == like.backend && c.mode == like.mode)
+}
+
+impl Comparison {
+    fn push_change(
+        &mut self,
+        cell: String,
+        metric: &'static str,
+        kind: Kind,
+        base_runs: &[f64],
+        now_runs: &[f64],
+        thresholds: &RegressionThresholds,
+    ) {
+        let (base_value, now_value) = (median(base_runs), median(now_runs));
+        if base_value <= 0.0 {
+            return;
+        }
+        let change_pct = (now_value - base_value) / base_value * 100.0;
+        let noise = spread_pct(base_runs).max(spread_pct(now_runs));
+        let gated = kind.class() == FigureClass::MachineFree || self.absolute_gated;
+        self.changes.push(MetricChange {
+            cell,
+            metric,
+            class: kind.class(),
+            baseline: base_value,
+            current: now_value,
+            change_pct,
+            verdict: judge_change(kind, change_pct, noise, gated, thresholds),
+        });
+    }
+}
+
 fn spread_pct(runs: &[f64]) -> f64 {
     crate::metrics::model::RepeatSpread::spread_of(runs)
 }
 
 fn format_value(metric: &str, value: f64) -> String {
-    if metric.contains("bytes") {
+    if metric.contains("bytes") && metric.contains("RSS") {
         format!("{:.1} MiB", value / (1024.0 * 1024.0))
+    } else if metric.contains("ratio")
+        || metric.contains("efficiency")
+        || metric.contains('/') && !metric.contains("msg")
+    {
+        format!("{value:.3}")
+    } else if value.abs() < 100.0 {
+        format!("{value:.2}")
     } else {
         format!("{value:.0}")
     }
@@ -332,18 +534,21 @@ fn table(comparison: &Comparison, markdown: bool) -> Table {
         UTF8_FULL_CONDENSED
     });
     table.force_no_tty();
-    table.set_header(["cell", "metric", "baseline", "current", "change", "verdict"]);
+    table.set_header([
+        "cell", "metric", "figure", "baseline", "current", "change", "verdict",
+    ]);
     for change in &comparison.changes {
         table.add_row([
             change.cell.clone(),
             change.metric.to_owned(),
+            change.class.label().to_owned(),
             format_value(change.metric, change.baseline),
             format_value(change.metric, change.current),
             format!("{:+.1}%", change.change_pct),
             change.verdict.label().to_owned(),
         ]);
     }
-    for index in 2..5 {
+    for index in 3..6 {
         if let Some(column) = table.column_mut(index) {
             column.set_cell_alignment(CellAlignment::Right);
         }
@@ -363,11 +568,32 @@ fn render(comparison: &Comparison, thresholds: &RegressionThresholds, markdown: 
     } else {
         let _ = writeln!(out, "busbench compare: {verdict}");
     }
+    let (base_id, base_text) = &comparison.baseline_fingerprint;
+    let (now_id, now_text) = &comparison.current_fingerprint;
+    if base_id == now_id {
+        let _ = writeln!(out, "Environment {now_id} ({now_text}) for both runs.");
+    } else {
+        let _ = writeln!(
+            out,
+            "Environments differ: baseline {base_id} ({base_text}); current {now_id} ({now_text})."
+        );
+    }
     let _ = writeln!(
         out,
-        "Thresholds: throughput drop {}%, p99 rise {}%, RSS rise {}%; any loss, order violation, \
-         leaked task or thread fails.\n",
-        thresholds.throughput_drop_pct, thresholds.latency_rise_pct, thresholds.rss_rise_pct
+        "Machine-free figures gate: allocations rise {}%, ratio drop {}%. Absolute figures {}: \
+         throughput drop {}%, p99 rise {}%, CPU rise {}%, RSS rise {}%. Any loss, duplicate, \
+         order violation, leaked task or thread, or failed cell fails.\n",
+        thresholds.allocations_rise_pct,
+        thresholds.ratio_drop_pct,
+        if comparison.absolute_gated {
+            "gate (same machine)"
+        } else {
+            "only warn (another machine; use `busbench ab` for them)"
+        },
+        thresholds.throughput_drop_pct,
+        thresholds.latency_rise_pct,
+        thresholds.cpu_rise_pct,
+        thresholds.rss_rise_pct
     );
     out.push_str(&table(comparison, markdown).to_string());
     out.push('\n');

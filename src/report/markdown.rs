@@ -63,6 +63,11 @@ impl Exporter for MarkdownExporter {
             let address = env.broker_addresses.get(broker).map_or("", String::as_str);
             writeln!(out, "| {broker} backend | {version} at {address} |")?;
         }
+        writeln!(
+            out,
+            "| fingerprint | `{}` (absolute figures compare only within one fingerprint) |",
+            env.fingerprint()
+        )?;
         writeln!(out)?;
         writeln!(out, "## Scenario")?;
         writeln!(out)?;
@@ -132,6 +137,21 @@ impl Exporter for MarkdownExporter {
                     cell.mode,
                     cell.failures.join("; ")
                 )?;
+            }
+            writeln!(out)?;
+        }
+        let warned: Vec<_> = result
+            .cells
+            .iter()
+            .filter(|c| !c.warnings.is_empty())
+            .collect();
+        if !warned.is_empty() {
+            writeln!(out, "## Warnings")?;
+            writeln!(out)?;
+            for cell in warned {
+                for warning in &cell.warnings {
+                    writeln!(out, "- {}/{}: {warning}", cell.backend, cell.mode)?;
+                }
             }
             writeln!(out)?;
         }

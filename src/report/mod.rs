@@ -1,5 +1,6 @@
 //! Exporters: one file per format, each turning the one result model into bytes.
 
+pub mod ab;
 pub mod compare;
 pub mod json;
 pub mod markdown;

@@ -32,6 +32,9 @@ fn rate(v: f64) -> String {
 fn two(v: f64) -> String {
     format!("{v:.2}")
 }
+fn three(v: f64) -> String {
+    format!("{v:.3}")
+}
 fn micros(v: f64) -> String {
     format!("{}", v as u64)
 }
@@ -159,6 +162,24 @@ fn metrics() -> Vec<Metric> {
             format: two,
         },
         Metric {
+            name: "heap allocs/msg",
+            better: Better::Lower,
+            value: |c| c.work_per_msg.allocations,
+            format: two,
+        },
+        Metric {
+            name: "heap bytes/msg",
+            better: Better::Lower,
+            value: |c| c.work_per_msg.allocated_bytes,
+            format: rate,
+        },
+        Metric {
+            name: "ctx switches/msg",
+            better: Better::Lower,
+            value: |c| Some(c.work_per_msg.context_switches),
+            format: three,
+        },
+        Metric {
             name: "peak tasks",
             better: Better::Neither,
             value: |c| Some(c.tasks.peak as f64),
@@ -212,18 +233,34 @@ pub fn comparison_rows(result: &RunResult, mode: Mode) -> (Vec<String>, Vec<Vec<
     }
     rows.push(status);
     for metric in metrics() {
-        let values: Vec<Option<f64>> = cells.iter().map(|c| (metric.value)(c)).collect();
+        let mut values: Vec<Option<f64>> = cells.iter().map(|c| (metric.value)(c)).collect();
         if values.iter().all(Option::is_none) {
             continue;
         }
         let mut row = vec![metric.name.to_owned()];
         row.extend(values.iter().map(|v| v.map_or("-".into(), metric.format)));
+        if metric.name == "bus efficiency" {
+            // An efficiency above 1 is a measurement error: marked, and never "best".
+            for (index, cell) in cells.iter().enumerate() {
+                if efficiency_suspect(cell) {
+                    row[index + 1].push_str(" (suspect)");
+                    values[index] = None;
+                }
+            }
+        }
         if ranked {
             row.push(winner(&cells, &values, metric.better));
         }
         rows.push(row);
     }
     (header, rows)
+}
+
+/// Whether the cell's efficiency was flagged as a measurement error.
+pub fn efficiency_suspect(cell: &CellResult) -> bool {
+    cell.warnings
+        .iter()
+        .any(|w| w.starts_with("bus efficiency"))
 }
 
 /// The best backend of a row and its margin over the runner-up ("kafka 1.8x"), "tie", or "".

@@ -16,8 +16,11 @@ use crate::metrics::recorder::Stamp;
 /// The load of a ceiling run.
 #[derive(Debug, Clone)]
 pub struct CeilingLoad {
-    /// Messages to send and receive.
+    /// Messages to send and receive, measured.
     pub messages: u64,
+    /// Messages sent and received first, unmeasured, as the bus's cells do: connections,
+    /// metadata and the consumer's first fetch are paid before the clock starts.
+    pub warmup: u64,
     /// Payload size.
     pub payload_bytes: usize,
     /// Acknowledgements in flight.
@@ -47,7 +50,7 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Stri
 
 /// Counts messages off a consumer stream until `messages` arrived (transient errors skipped);
 /// returns when the last one did.
-async fn receive_all<S, T, E>(mut stream: S, messages: u64) -> Instant
+async fn receive_all<S, T, E>(stream: &mut S, messages: u64) -> Instant
 where
     S: futures::Stream<Item = Result<T, E>> + Unpin,
 {
@@ -74,17 +77,35 @@ fn payload(load: &CeilingLoad, seq: u64) -> bytes::Bytes {
 
 async fn memory(load: &CeilingLoad) -> Result<f64, String> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel(load.max_in_flight.max(1));
-    let messages = load.messages;
+    let (warmed, warmed_up) = tokio::sync::oneshot::channel();
+    let mut warmed = Some(warmed);
+    let (warmup, messages) = (load.warmup, load.messages);
     let consumer = tokio::spawn(async move {
         let mut received = 0u64;
-        while received < messages {
+        while received < warmup + messages {
+            if received == warmup
+                && let Some(warmed) = warmed.take()
+            {
+                let _ = warmed.send(());
+            }
             match receiver.recv().await {
                 Some(_payload) => received += 1,
                 None => break,
             }
         }
-        (received, Instant::now())
+        (received.saturating_sub(warmup), Instant::now())
     });
+    for seq in 0..warmup {
+        sender
+            .send(payload(load, seq))
+            .await
+            .map_err(|_| "the channel closed".to_owned())?;
+    }
+    if warmup > 0 {
+        warmed_up
+            .await
+            .map_err(|_| "the warm-up was not received".to_owned())?;
+    }
     let start = Instant::now();
     for seq in 0..messages {
         sender
@@ -149,50 +170,68 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
             _ = consumer.recv() => return Err("a message arrived on a fresh topic".into()),
         }
     }
+    let mut stream = consumer.stream();
+    if load.warmup > 0 {
+        let (sent, _) = tokio::join!(
+            kafka_send(&producer, load, load.warmup),
+            receive_all(&mut stream, load.warmup)
+        );
+        sent?;
+    }
     let messages = load.messages;
-    let receive = receive_all(consumer.stream(), messages);
-    let send = async {
-        let start = Instant::now();
-        let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
-        for seq in 0..messages {
-            let body = payload(load, seq);
-            let mut record: FutureRecord<'_, (), [u8]> =
-                FutureRecord::to(&load.topic).payload(&body[..]);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        in_flight.push_back(delivery);
-                        break;
-                    }
-                    Err((_, returned)) => {
-                        record = returned;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
+    let start = Instant::now();
+    let (sent, end) = tokio::join!(
+        kafka_send(&producer, load, messages),
+        receive_all(&mut stream, messages)
+    );
+    sent?;
+    drop(stream);
+    let _ = admin
+        .delete_topics(&[&load.topic], &rdkafka::admin::AdminOptions::new())
+        .await;
+    Ok(messages as f64 / (end - start).as_secs_f64())
+}
+
+/// Sends `messages` records with at most `max_in_flight` deliveries outstanding, and waits
+/// for the last delivery report.
+async fn kafka_send(
+    producer: &FutureProducer,
+    load: &CeilingLoad,
+    messages: u64,
+) -> Result<(), String> {
+    let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
+    for seq in 0..messages {
+        let body = payload(load, seq);
+        let mut record: FutureRecord<'_, (), [u8]> =
+            FutureRecord::to(&load.topic).payload(&body[..]);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    in_flight.push_back(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
-            if in_flight.len() >= load.max_in_flight
-                && let Some(delivery) = in_flight.pop_front()
-            {
-                delivery
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|(e, _)| e.to_string())?;
-            }
         }
-        for delivery in in_flight {
+        if in_flight.len() >= load.max_in_flight
+            && let Some(delivery) = in_flight.pop_front()
+        {
             delivery
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|(e, _)| e.to_string())?;
         }
-        Ok::<Instant, String>(start)
-    };
-    let (start, end) = tokio::join!(send, receive);
-    let start = start?;
-    let _ = admin
-        .delete_topics(&[&load.topic], &rdkafka::admin::AdminOptions::new())
-        .await;
-    Ok(messages as f64 / (end - start).as_secs_f64())
+    }
+    for delivery in in_flight {
+        delivery
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    Ok(())
 }
 
 async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Result<f64, String> {
@@ -232,32 +271,48 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
         .messages()
         .await
         .map_err(|e| e.to_string())?;
+    if load.warmup > 0 {
+        let (sent, _) = tokio::join!(
+            nats_send(&context, load, load.warmup),
+            receive_all(&mut messages_stream, load.warmup)
+        );
+        sent?;
+    }
     let messages = load.messages;
-    let receive = receive_all(&mut messages_stream, messages);
-    let send = async {
-        let start = Instant::now();
-        let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
-        for seq in 0..messages {
-            let ack = context
-                .publish(load.topic.clone(), payload(load, seq))
-                .await
-                .map_err(|e| e.to_string())?;
-            in_flight.push_back(ack);
-            if in_flight.len() >= load.max_in_flight
-                && let Some(ack) = in_flight.pop_front()
-            {
-                ack.await.map_err(|e| e.to_string())?;
-            }
-        }
-        for ack in in_flight {
-            ack.await.map_err(|e| e.to_string())?;
-        }
-        Ok::<Instant, String>(start)
-    };
-    let (start, end) = tokio::join!(send, receive);
-    let start = start?;
+    let start = Instant::now();
+    let (sent, end) = tokio::join!(
+        nats_send(&context, load, messages),
+        receive_all(&mut messages_stream, messages)
+    );
+    sent?;
     drop(messages_stream);
     let _ = context.delete_stream(&stream_name).await;
     let _ = client.drain().await;
     Ok(messages as f64 / (end - start).as_secs_f64())
+}
+
+/// Publishes `messages` with at most `max_in_flight` acknowledgements outstanding, and waits
+/// for the last one.
+async fn nats_send(
+    context: &async_nats::jetstream::Context,
+    load: &CeilingLoad,
+    messages: u64,
+) -> Result<(), String> {
+    let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
+    for seq in 0..messages {
+        let ack = context
+            .publish(load.topic.clone(), payload(load, seq))
+            .await
+            .map_err(|e| e.to_string())?;
+        in_flight.push_back(ack);
+        if in_flight.len() >= load.max_in_flight
+            && let Some(ack) = in_flight.pop_front()
+        {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+    }
+    for ack in in_flight {
+        ack.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
