@@ -150,6 +150,9 @@ pub struct Comparison {
     pub notes: Vec<String>,
     /// Whether absolute figures could fail this comparison.
     pub absolute_gated: bool,
+    /// Whether ratios could fail it: only between machines with as many cores, since the
+    /// bus's worker pools use them all while a bare client may not.
+    pub ratios_gated: bool,
     /// The baseline's environment fingerprint, and its text.
     pub baseline_fingerprint: (String, String),
     /// The current run's environment fingerprint, and its text.
@@ -354,6 +357,7 @@ pub fn compare(
             AbsolutePolicy::SameMachine => true,
             AbsolutePolicy::Warn => false,
         },
+        ratios_gated: b.cores == c.cores,
         baseline_fingerprint: (b.fingerprint(), b.fingerprint_text()),
         current_fingerprint: (c.fingerprint(), c.fingerprint_text()),
         ..Comparison::default()
@@ -494,7 +498,11 @@ impl Comparison {
         }
         let change_pct = (now_value - base_value) / base_value * 100.0;
         let noise = spread_pct(base_runs).max(spread_pct(now_runs));
-        let gated = kind.class() == FigureClass::MachineFree || self.absolute_gated;
+        let gated = match kind {
+            Kind::Allocations => true,
+            Kind::Ratio => self.ratios_gated || self.absolute_gated,
+            _ => self.absolute_gated,
+        };
         self.changes.push(MetricChange {
             cell,
             metric,
@@ -595,6 +603,12 @@ fn render(comparison: &Comparison, thresholds: &RegressionThresholds, markdown: 
         thresholds.cpu_rise_pct,
         thresholds.rss_rise_pct
     );
+    if !comparison.ratios_gated && !comparison.absolute_gated {
+        let _ = writeln!(
+            out,
+            "The runs had different core counts: ratios only warn too.\n"
+        );
+    }
     out.push_str(&table(comparison, markdown).to_string());
     out.push('\n');
     for problem in &comparison.correctness {
