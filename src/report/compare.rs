@@ -596,7 +596,7 @@ fn render(comparison: &Comparison, thresholds: &RegressionThresholds, markdown: 
         if comparison.absolute_gated {
             "gate (same machine)"
         } else {
-            "only warn (another machine; use `busbench ab` for them)"
+            "only warn (not asserted to be one machine; `busbench ab` gates them)"
         },
         thresholds.throughput_drop_pct,
         thresholds.latency_rise_pct,
