@@ -63,23 +63,8 @@ struct AbArgs {
     /// Folder for the builds, every run's result and the A/B report.
     #[arg(long, default_value = "target/ab")]
     out: PathBuf,
-    /// Only these backends (comma-separated: kafka,nats,memory), for both sides.
-    #[arg(long, value_delimiter = ',')]
-    backends: Option<Vec<String>>,
-    /// Kafka bootstrap servers, for both sides.
-    #[arg(
-        long,
-        env = "BUSBENCH_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
-    )]
-    kafka_bootstrap: String,
-    /// NATS server URL, for both sides.
-    #[arg(
-        long,
-        env = "BUSBENCH_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
+    #[command(flatten)]
+    brokers: BrokerArgs,
     /// An environment variable for the base runs only (KEY=VALUE; repeatable).
     #[arg(long, value_parser = parse_key_value)]
     base_env: Vec<(String, String)>,
@@ -188,13 +173,9 @@ struct CompareArgs {
     thresholds: ThresholdArgs,
 }
 
+/// Which backends to run and where their brokers are.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// The scenario file (TOML).
-    scenario: PathBuf,
-    /// Folder for the reports.
-    #[arg(long, default_value = "results")]
-    out: PathBuf,
+struct BrokerArgs {
     /// Only these backends (comma-separated: kafka,nats,memory), overriding the scenario.
     #[arg(long, value_delimiter = ',')]
     backends: Option<Vec<String>>,
@@ -212,6 +193,17 @@ struct RunArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The scenario file (TOML).
+    scenario: PathBuf,
+    /// Folder for the reports.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    #[command(flatten)]
+    brokers: BrokerArgs,
     /// The Kafka broker's version, for the report (Kafka's protocol does not tell it).
     #[arg(long, env = "BUSBENCH_KAFKA_VERSION")]
     kafka_version: Option<String>,
@@ -276,11 +268,11 @@ fn ab(args: AbArgs) -> i32 {
     }
     let mut run_args = vec![
         "--kafka-bootstrap".to_owned(),
-        args.kafka_bootstrap,
+        args.brokers.kafka_bootstrap,
         "--nats-url".to_owned(),
-        args.nats_url,
+        args.brokers.nats_url,
     ];
-    if let Some(backends) = &args.backends {
+    if let Some(backends) = &args.brokers.backends {
         run_args.push("--backends".into());
         run_args.push(backends.join(","));
     }
@@ -418,7 +410,7 @@ fn run(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let backends = match &args.backends {
+    let backends = match &args.brokers.backends {
         None => None,
         Some(names) => {
             let mut parsed = Vec::new();
@@ -437,8 +429,8 @@ fn run(args: RunArgs) -> i32 {
         }
     };
     let options = RunOptions {
-        kafka_bootstrap: args.kafka_bootstrap,
-        nats_url: args.nats_url,
+        kafka_bootstrap: args.brokers.kafka_bootstrap,
+        nats_url: args.brokers.nats_url,
         kafka_version: args.kafka_version,
         backends,
         progress: !args.no_progress && std::io::stderr().is_terminal(),

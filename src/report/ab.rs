@@ -4,7 +4,6 @@
 
 use std::fmt::Write;
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, Table};
 
 use crate::ab::AbReport;
@@ -18,13 +17,7 @@ fn value(metric: &str, value: f64) -> String {
 }
 
 fn table(report: &AbReport, markdown: bool) -> Table {
-    let mut table = Table::new();
-    table.load_style(if markdown {
-        ASCII_MARKDOWN
-    } else {
-        UTF8_FULL_CONDENSED
-    });
-    table.force_no_tty();
+    let mut table = super::styled_table(markdown);
     table.set_header([
         "cell",
         "metric",

@@ -7,7 +7,6 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, Table};
 
 use crate::metrics::model::{
@@ -535,13 +534,7 @@ fn format_value(metric: &str, value: f64) -> String {
 }
 
 fn table(comparison: &Comparison, markdown: bool) -> Table {
-    let mut table = Table::new();
-    table.load_style(if markdown {
-        ASCII_MARKDOWN
-    } else {
-        UTF8_FULL_CONDENSED
-    });
-    table.force_no_tty();
+    let mut table = super::styled_table(markdown);
     table.set_header([
         "cell", "metric", "figure", "baseline", "current", "change", "verdict",
     ]);

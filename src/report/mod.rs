@@ -9,7 +9,23 @@ pub mod table;
 
 use std::path::{Path, PathBuf};
 
+use comfy_table::Table;
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+
 use crate::metrics::model::RunResult;
+
+/// An empty table in the reports' style: GitHub markdown, or box drawing for the terminal
+/// (never resized to a terminal's width, so output is the same wherever it goes).
+pub fn styled_table(markdown: bool) -> Table {
+    let mut table = Table::new();
+    table.load_style(if markdown {
+        ASCII_MARKDOWN
+    } else {
+        UTF8_FULL_CONDENSED
+    });
+    table.force_no_tty();
+    table
+}
 
 /// Writes a result in one format.
 pub trait Exporter {

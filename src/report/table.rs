@@ -1,7 +1,6 @@
 //! The comparison table: metrics as rows, backends side by side per mode, and the winner of
 //! each row with its margin. Rendered for the terminal and as GitHub markdown.
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, Table};
 
 use crate::metrics::model::{CellResult, CellStatus, RunResult};
@@ -294,13 +293,7 @@ fn winner(cells: &[&CellResult], values: &[Option<f64>], better: Better) -> Stri
 }
 
 fn build(header: Vec<String>, rows: Vec<Vec<String>>, markdown: bool) -> Table {
-    let mut table = Table::new();
-    table.load_style(if markdown {
-        ASCII_MARKDOWN
-    } else {
-        UTF8_FULL_CONDENSED
-    });
-    table.force_no_tty();
+    let mut table = super::styled_table(markdown);
     table.set_header(header);
     for row in rows {
         // A `|` inside a markdown cell would split it.
