@@ -17,6 +17,10 @@ pub const EXIT_THRESHOLD: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code: a broker could not be reached, or another infrastructure failure.
 pub const EXIT_INFRASTRUCTURE: i32 = 3;
+/// Exit code: interrupted by SIGINT (Ctrl-C); the reports of what ran were written.
+pub const EXIT_SIGINT: i32 = 130;
+/// Exit code: stopped by SIGTERM; the reports of what ran were written.
+pub const EXIT_SIGTERM: i32 = 143;
 
 /// Benchmarks an event bus on Apache Kafka and NATS JetStream, side by side.
 #[derive(Debug, Parser)]
@@ -292,19 +296,19 @@ fn ab(args: AbArgs) -> i32 {
         head_env: args.head_env,
         thresholds,
     };
-    watch_for_ctrl_c();
+    watch_for_signals();
     let report = match crate::ab::run(&options) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("error: {error}");
             return match error {
                 crate::ab::AbError::Usage(_) | crate::ab::AbError::Refused { .. } => EXIT_USAGE,
-                crate::ab::AbError::Interrupted => 130,
+                crate::ab::AbError::Interrupted => interrupted_exit_code().unwrap_or(130),
                 crate::ab::AbError::Infrastructure(_) => EXIT_INFRASTRUCTURE,
             };
         }
     };
-    println!("{}", report::ab::terminal(&report));
+    say(report::ab::terminal(&report));
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let json_path = options.out.join(format!("ab-{stamp}.json"));
     let mut outputs = vec![(
@@ -355,7 +359,7 @@ fn judge(
 ) -> i32 {
     match compare::compare(baseline, current, thresholds, args.policy()) {
         Ok(comparison) => {
-            println!("{}", compare::terminal(&comparison, thresholds));
+            say(compare::terminal(&comparison, thresholds));
             if let Some(path) = &args.comparison_markdown {
                 let text = compare::markdown(&comparison, thresholds);
                 if let Err(error) = report::write_atomically(path, text.as_bytes()) {
@@ -376,9 +380,11 @@ fn judge(
     }
 }
 
-/// On Ctrl-C, stops the run gracefully: the current cell ends as interrupted and the reports
-/// are still written. A second Ctrl-C exits at once.
-fn watch_for_ctrl_c() {
+/// On SIGINT (Ctrl-C) or SIGTERM (how CI runners and Kubernetes stop a process), stops the
+/// run gracefully: the current phase ends within milliseconds, the cell is reported as
+/// interrupted and the reports are still written; the process then exits 130 (SIGINT) or
+/// 143 (SIGTERM). A second signal exits at once with the same code.
+fn watch_for_signals() {
     let _ = std::thread::Builder::new()
         .name("busbench-signal".into())
         .spawn(|| {
@@ -389,17 +395,58 @@ fn watch_for_ctrl_c() {
                 return;
             };
             runtime.block_on(async {
-                if tokio::signal::ctrl_c().await.is_ok() {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut interrupt), Ok(mut terminate)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                let mut first = true;
+                loop {
+                    let number = tokio::select! {
+                        _ = interrupt.recv() => libc::SIGINT,
+                        _ = terminate.recv() => libc::SIGTERM,
+                    };
+                    if !first {
+                        std::process::exit(exit_code_for_signal(number));
+                    }
+                    first = false;
+                    let name = if number == libc::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    };
                     eprintln!(
-                        "busbench: interrupted; finishing the current cell (Ctrl-C again to quit)"
+                        "busbench: {name}: stopping the current cell and writing the reports \
+                         (a second signal quits at once)"
                     );
-                    runner::interrupt();
-                }
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
+                    runner::interrupt_by_signal(number);
                 }
             });
         });
+}
+
+/// The exit code of a run stopped by `signal`: 128 + its number, as shells report it.
+pub fn exit_code_for_signal(signal: i32) -> i32 {
+    128 + signal
+}
+
+/// The exit code of an interrupted run, if it was interrupted.
+fn interrupted_exit_code() -> Option<i32> {
+    if !runner::interrupted() {
+        return None;
+    }
+    Some(exit_code_for_signal(
+        runner::interrupt_signal().unwrap_or(libc::SIGINT),
+    ))
+}
+
+/// Writes a line to standard output; a closed pipe (`| head`, `| true`) is not an error: the
+/// run goes on and its files are still written.
+fn say(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn run(args: RunArgs) -> i32 {
@@ -447,18 +494,22 @@ fn run(args: RunArgs) -> i32 {
             }
         },
     };
-    watch_for_ctrl_c();
+    if let Err(error) = report::check_output_dir(&args.out, &scenario.name) {
+        eprintln!("error: --out {}: {error:#}", args.out.display());
+        return EXIT_USAGE;
+    }
+    watch_for_signals();
     let outcome = runner::run(&scenario, &options);
-    println!("{}", report::table::terminal(&outcome.result));
+    say(report::table::terminal(&outcome.result));
     match report::write_reports(&outcome.result, &args.out) {
         Ok(paths) => {
             for path in paths {
-                println!("wrote {}", path.display());
+                say(format_args!("wrote {}", path.display()));
             }
         }
         Err(error) => {
             eprintln!(
-                "error: writing the reports into {}: {error:#}",
+                "error: writing the reports into {}: {error}",
                 args.out.display()
             );
             return EXIT_INFRASTRUCTURE;
@@ -492,7 +543,10 @@ fn run(args: RunArgs) -> i32 {
             eprintln!("error: saving the baseline {}: {error:#}", path.display());
             return EXIT_INFRASTRUCTURE;
         }
-        println!("saved baseline {}", path.display());
+        say(format_args!("saved baseline {}", path.display()));
+    }
+    if let Some(code) = interrupted_exit_code() {
+        return code;
     }
     if outcome.infrastructure_failure {
         return EXIT_INFRASTRUCTURE;

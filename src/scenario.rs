@@ -134,7 +134,7 @@ fn one() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
-    /// Smallest acceptable success rate (distinct messages received / sent), 0 to 1.
+    /// Smallest acceptable success rate (distinct planned messages handled / planned), 0 to 1.
     #[serde(default = "full_success")]
     pub min_success_rate: f64,
     /// Most acceptable order violations.
@@ -149,6 +149,11 @@ pub struct Thresholds {
     /// Largest acceptable end-to-end p99 latency, in milliseconds (none when absent).
     #[serde(default)]
     pub max_e2e_p99_ms: Option<f64>,
+    /// Most acceptable failed publishes (refused, or whose acknowledgement failed or timed
+    /// out). 0 by default; a scenario that restarts a broker on purpose allows the publishes
+    /// caught in the outage. Acknowledged messages lost are never acceptable.
+    #[serde(default)]
+    pub max_publish_errors: u64,
 }
 
 fn full_success() -> f64 {
@@ -163,6 +168,7 @@ impl Default for Thresholds {
             max_leaked_tasks: 0,
             max_leaked_threads: 0,
             max_e2e_p99_ms: None,
+            max_publish_errors: 0,
         }
     }
 }

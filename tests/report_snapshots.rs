@@ -29,9 +29,11 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         } else {
             vec![]
         },
+        planned: 1000,
         sent: 1000,
         acknowledged: 1000,
         publish_errors: 0,
+        unconfirmed: 0,
         received: 1000,
         lost: 0,
         duplicates: 0,

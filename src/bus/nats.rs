@@ -24,6 +24,9 @@ const BACKEND: &str = "nats";
 
 pub(crate) struct NatsTransport {
     config: NatsConfig,
+    /// Bumped each time the connection is lost: an acknowledgement still pending then will
+    /// never come (its reply went to the lost connection), so it fails at once.
+    disconnections: Arc<tokio::sync::watch::Sender<u64>>,
     client: async_nats::Client,
     jetstream: jetstream::Context,
     known_topics: KnownTopics,
@@ -32,8 +35,18 @@ pub(crate) struct NatsTransport {
 
 impl NatsTransport {
     pub async fn connect(config: NatsConfig, bus: &BusConfig) -> Result<Self, BusError> {
+        let disconnections = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let on_event = disconnections.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name("busbench")
+            .event_callback(move |event| {
+                let disconnections = on_event.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        disconnections.send_modify(|count| *count += 1);
+                    }
+                }
+            })
             .connection_timeout(Duration::from_secs(10))
             .client_capacity(bus.publish_window.max(2048))
             .require_tls(config.tls_required);
@@ -68,6 +81,7 @@ impl NatsTransport {
             })?;
         Ok(NatsTransport {
             config,
+            disconnections,
             client,
             jetstream,
             known_topics: KnownTopics::default(),
@@ -131,16 +145,25 @@ impl Transport for NatsTransport {
             for (key, value) in record.headers.iter() {
                 headers.append(key.as_str(), value.as_str());
             }
+            // Watch for a lost connection from before the message is handed over.
+            let mut disconnected = self.disconnections.subscribe();
             let pending = self
                 .jetstream
                 .publish_with_headers(topic.to_owned(), headers, record.payload)
                 .await
                 .map_err(|e| BusError::broker(BACKEND, e))?;
             let ack: AckFuture = Box::pin(async move {
-                pending
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| BusError::broker(BACKEND, e))
+                tokio::select! {
+                    biased;
+                    result = pending => result
+                        .map(|_| ())
+                        .map_err(|e| BusError::broker(BACKEND, e)),
+                    _ = disconnected.changed() => Err(BusError::broker(
+                        BACKEND,
+                        "the connection was lost before the acknowledgement arrived; the \
+                         message may or may not have been stored",
+                    )),
+                }
             });
             Ok(ack)
         })

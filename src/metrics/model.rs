@@ -181,21 +181,33 @@ pub struct CellResult {
     pub status: CellStatus,
     /// Why it failed: errors and failed thresholds (empty when ok).
     pub failures: Vec<String>,
-    /// Messages handed to the bus for publishing.
+    /// Messages the scenario asks this cell to publish in its measured phase.
+    #[serde(default)]
+    pub planned: u64,
+    /// Messages the bus accepted for publishing (a publish returned a receipt): every one of
+    /// them ends acknowledged, failed (counted in `publish_errors`) or unconfirmed.
     pub sent: u64,
-    /// Publishes the broker acknowledged.
+    /// Sent messages the broker acknowledged.
     pub acknowledged: u64,
-    /// Publishes that returned an error.
+    /// Publishes that failed: refused by the bus before sending (backpressure, a closed bus,
+    /// an invalid message) or sent and then failed or timed out waiting for the broker's
+    /// acknowledgement.
     pub publish_errors: u64,
-    /// Distinct messages handled.
+    /// Sent messages whose acknowledgement had neither arrived nor failed when the cell ended
+    /// (its deadline passed or the run was interrupted).
+    #[serde(default)]
+    pub unconfirmed: u64,
+    /// Distinct planned messages handled by a subscriber (acknowledged or not).
     pub received: u64,
-    /// Sent messages never handled: sent - received.
+    /// Messages the broker acknowledged that no subscriber ever handled, counted message by
+    /// message: the bus's losses. Must be 0 in every outcome.
     pub lost: u64,
     /// Deliveries of a message already handled.
     pub duplicates: u64,
     /// Envelopes handled out of their aggregate's publish order.
     pub order_violations: u64,
-    /// received / sent (1 when nothing was sent).
+    /// received / planned: the share of the planned messages handled end to end (0 when
+    /// nothing was sent).
     pub success_rate: f64,
     /// Seconds from the first send to the last acknowledgement.
     pub publish_seconds: f64,
@@ -331,15 +343,13 @@ pub fn per_second(count: u64, seconds: f64) -> f64 {
     }
 }
 
-/// Delivery accounting: (lost, success rate) from what was sent and distinct received.
-pub fn delivery(sent: u64, received: u64) -> (u64, f64) {
-    let lost = sent.saturating_sub(received);
-    let rate = if sent == 0 {
-        1.0
+/// The success rate: distinct planned messages handled over planned (0 when none planned).
+pub fn success_rate(planned: u64, received: u64) -> f64 {
+    if planned == 0 {
+        0.0
     } else {
-        received.min(sent) as f64 / sent as f64
-    };
-    (lost, rate)
+        received.min(planned) as f64 / planned as f64
+    }
 }
 
 #[cfg(test)]
@@ -350,9 +360,10 @@ mod tests {
     fn arithmetic_on_known_inputs() {
         assert_eq!(per_second(1000, 2.0), 500.0);
         assert_eq!(per_second(1000, 0.0), 0.0);
-        assert_eq!(delivery(100, 97), (3, 0.97));
-        assert_eq!(delivery(100, 100), (0, 1.0));
-        assert_eq!(delivery(0, 0), (0, 1.0));
+        assert_eq!(success_rate(100, 97), 0.97);
+        assert_eq!(success_rate(100, 100), 1.0);
+        assert_eq!(success_rate(20, 0), 0.0, "nothing sent is no success");
+        assert_eq!(success_rate(0, 0), 0.0);
         assert_eq!(fnv1a_64_hex(b""), "cbf29ce484222325");
         assert_eq!(fnv1a_64_hex(b"a"), "af63dc4c8601ec8c");
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);

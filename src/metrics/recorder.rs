@@ -70,6 +70,8 @@ pub struct Recorder {
     epoch: Instant,
     expected: u64,
     seen: Vec<AtomicU64>,
+    acknowledged: Vec<AtomicU64>,
+    acknowledged_count: AtomicU64,
     last_version: Vec<AtomicU32>,
     check_order: bool,
     distinct: AtomicU64,
@@ -111,6 +113,10 @@ impl Recorder {
             seen: (0..expected.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            acknowledged: (0..expected.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            acknowledged_count: AtomicU64::new(0),
             last_version: (0..aggregates).map(|_| AtomicU32::new(0)).collect(),
             check_order,
             distinct: AtomicU64::new(0),
@@ -166,6 +172,39 @@ impl Recorder {
         latency::record(&mut self.e2e[shard].lock().unwrap(), micros);
         self.last_handled_nanos.fetch_max(now, Ordering::Relaxed);
         self.distinct.fetch_add(1, Ordering::Release);
+    }
+
+    /// Marks message `seq` as acknowledged by the broker (a publisher's receipt resolved).
+    pub fn on_acknowledged(&self, seq: u64) {
+        let Some(word) = self.acknowledged.get((seq / 64) as usize) else {
+            return;
+        };
+        let bit = 1u64 << (seq % 64);
+        if word.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
+            self.acknowledged_count.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Distinct messages acknowledged by the broker so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged_count.load(Ordering::Acquire)
+    }
+
+    /// Messages the broker acknowledged that no handler has handled (yet): at the end of a
+    /// cell, the acknowledged messages the bus lost.
+    pub fn acknowledged_not_handled(&self) -> u64 {
+        self.acknowledged
+            .iter()
+            .zip(&self.seen)
+            .map(|(acked, seen)| {
+                (acked.load(Ordering::Acquire) & !seen.load(Ordering::Acquire)).count_ones() as u64
+            })
+            .sum()
+    }
+
+    /// Whether every acknowledged message was handled; cheap while some are outstanding.
+    pub fn all_acknowledged_handled(&self) -> bool {
+        self.distinct() >= self.acknowledged() && self.acknowledged_not_handled() == 0
     }
 
     /// Distinct measured messages handled so far.
@@ -255,6 +294,25 @@ mod tests {
         assert_eq!(r.warmup, 1);
         assert_eq!(r.malformed, 2);
         assert_eq!(recorder.e2e_histogram().len(), 6);
+    }
+
+    #[test]
+    fn acknowledged_but_unhandled_messages_are_counted_exactly() {
+        let recorder = Recorder::new(Instant::now(), 130, 1, false);
+        for seq in [0, 5, 64, 129] {
+            recorder.on_acknowledged(seq);
+        }
+        recorder.on_acknowledged(5); // a second receipt for one message counts once
+        recorder.on_message(&stamp(5, 0, 1));
+        recorder.on_message(&stamp(7, 0, 1)); // handled without an acknowledgement
+        assert_eq!(recorder.acknowledged(), 4);
+        assert_eq!(recorder.acknowledged_not_handled(), 3);
+        assert!(!recorder.all_acknowledged_handled());
+        for seq in [0, 64, 129] {
+            recorder.on_message(&stamp(seq, 0, 1));
+        }
+        assert_eq!(recorder.acknowledged_not_handled(), 0);
+        assert!(recorder.all_acknowledged_handled());
     }
 
     #[test]

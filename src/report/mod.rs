@@ -45,29 +45,109 @@ pub fn file_stem(result: &RunResult) -> String {
     format!("{}-{stamp}", result.scenario.name)
 }
 
+/// The longest file name most file systems take, in bytes.
+const MAX_FILE_NAME_BYTES: usize = 255;
+/// What the reports add to the stem: `-<UTC timestamp>-NN-latency.svg` at the longest.
+const REPORT_NAME_SUFFIX_BYTES: usize = "-20260101T000000Z-99-latency.svg".len();
+
+/// Checks, before anything runs, that the reports of `scenario_name` can be written into
+/// `dir`: the folder exists or can be made, a file can be created in it, and the names fit.
+pub fn check_output_dir(dir: &Path, scenario_name: &str) -> anyhow::Result<()> {
+    let longest = scenario_name.len() + REPORT_NAME_SUFFIX_BYTES;
+    if longest > MAX_FILE_NAME_BYTES {
+        anyhow::bail!(
+            "the scenario name is {} bytes long: report file names would be {longest} bytes, \
+             more than the {MAX_FILE_NAME_BYTES} a file system takes",
+            scenario_name.len()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the folder {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".busbench-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| anyhow::anyhow!("cannot write into {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Reports written before a write failed, and the failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#} (written before the failure: {})", list(.written))]
+pub struct PartialWrite {
+    /// Files completely written.
+    pub written: Vec<PathBuf>,
+    /// What failed.
+    pub error: anyhow::Error,
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "none".into();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Writes the JSON result, the markdown report and its latency chart into `dir`; returns the
-/// paths written. Each file is written to a temporary name and renamed into place.
-pub fn write_reports(result: &RunResult, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
-    let stem = file_stem(result);
-    let svg_name = format!("{stem}-latency.svg");
-    let outputs: Vec<(PathBuf, Vec<u8>)> = vec![
-        (
-            dir.join(format!("{stem}.json")),
-            json::JsonExporter.render(result)?,
-        ),
-        (dir.join(&svg_name), svg::LatencyChart.render(result)?),
-        (
-            dir.join(format!("{stem}.md")),
-            markdown::MarkdownExporter {
-                chart_file: Some(svg_name),
+/// paths written. The stem is claimed by creating the JSON file exclusively, so two runs
+/// started in the same second get different names (`-2`, `-3`, ...) instead of overwriting
+/// each other. Each file is written to a temporary name and renamed into place; on a failure
+/// the temporary file is removed and the error lists what was written.
+pub fn write_reports(result: &RunResult, dir: &Path) -> Result<Vec<PathBuf>, PartialWrite> {
+    let partial = |written: &[PathBuf], error: anyhow::Error| PartialWrite {
+        written: written.to_vec(),
+        error,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| partial(&[], e.into()))?;
+    let base = file_stem(result);
+    let mut stem = base.clone();
+    for attempt in 2.. {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{stem}.json")))
+        {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                stem = format!("{base}-{attempt}");
             }
-            .render(result)?,
-        ),
-    ];
+            Err(e) => return Err(partial(&[], e.into())),
+        }
+    }
+    let json_path = dir.join(format!("{stem}.json"));
+    let svg_name = format!("{stem}-latency.svg");
+    let rendered = (|| -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+        Ok(vec![
+            (json_path.clone(), json::JsonExporter.render(result)?),
+            (dir.join(&svg_name), svg::LatencyChart.render(result)?),
+            (
+                dir.join(format!("{stem}.md")),
+                markdown::MarkdownExporter {
+                    chart_file: Some(svg_name.clone()),
+                }
+                .render(result)?,
+            ),
+        ])
+    })();
+    let outputs = match rendered {
+        Ok(outputs) => outputs,
+        Err(error) => {
+            let _ = std::fs::remove_file(&json_path);
+            return Err(partial(&[], error));
+        }
+    };
     let mut written = Vec::new();
     for (path, bytes) in outputs {
-        write_atomically(&path, &bytes)?;
+        if let Err(error) = write_atomically(&path, &bytes) {
+            if written.is_empty() {
+                // The claimed, still empty JSON file would read as a broken result.
+                let _ = std::fs::remove_file(&json_path);
+            }
+            return Err(partial(&written, error));
+        }
         written.push(path);
     }
     Ok(written)
@@ -82,7 +162,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
         std::process::id()
     ));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)?;
+    let written =
+        std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error.into());
+    }
     Ok(())
 }

@@ -47,9 +47,33 @@ fn percent(v: f64) -> String {
 fn metrics() -> Vec<Metric> {
     vec![
         Metric {
+            name: "planned",
+            better: Better::Neither,
+            value: |c| Some(c.planned as f64),
+            format: count,
+        },
+        Metric {
             name: "sent",
             better: Better::Neither,
             value: |c| Some(c.sent as f64),
+            format: count,
+        },
+        Metric {
+            name: "acknowledged",
+            better: Better::Neither,
+            value: |c| Some(c.acknowledged as f64),
+            format: count,
+        },
+        Metric {
+            name: "publish errors",
+            better: Better::Lower,
+            value: |c| Some(c.publish_errors as f64),
+            format: count,
+        },
+        Metric {
+            name: "unconfirmed",
+            better: Better::Lower,
+            value: |c| Some(c.unconfirmed as f64),
             format: count,
         },
         Metric {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::bus::{BackendConfig, BusConfig};
 use crate::metrics::recorder::Stamp;
@@ -31,7 +31,14 @@ pub struct CeilingLoad {
     pub timeout: Duration,
 }
 
+/// How long removing the ceiling's topic or stream may take once the run ended.
+const CLEAN_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the broker has to answer a metadata request before it is called unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs the bare-client load and returns its end-to-end throughput in messages per second.
+/// The first send error ends the run with that error; the run also ends at its timeout or
+/// when the run is interrupted; in every case its topic (Kafka) or stream (NATS) is removed.
 pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, String> {
     let run = async {
         match &config.backend {
@@ -40,17 +47,63 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Stri
             BackendConfig::Nats(nats) => nats_ceiling(nats, load).await,
         }
     };
-    tokio::time::timeout(load.timeout, run).await.map_err(|_| {
-        format!(
-            "the bare-client run did not finish within {:?}",
-            load.timeout
-        )
-    })?
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(load.timeout, run) => outcome.unwrap_or_else(|_| {
+            Err(format!(
+                "the bare-client run did not finish within {:?}",
+                load.timeout
+            ))
+        }),
+        _ = super::until_interrupted() => Err("interrupted".to_owned()),
+    };
+    let _ = tokio::time::timeout(CLEAN_UP_TIMEOUT, clean_up(config, load)).await;
+    outcome
+}
+
+/// Removes what a ceiling run created on the broker, whether it finished or not.
+async fn clean_up(config: &BusConfig, load: &CeilingLoad) {
+    match &config.backend {
+        BackendConfig::Memory(_) => {}
+        BackendConfig::Kafka(kafka) => {
+            let admin: Result<
+                rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+                _,
+            > = kafka_client_config(kafka, &kafka.properties).create();
+            if let Ok(admin) = admin {
+                let _ = admin
+                    .delete_topics(&[&load.topic], &rdkafka::admin::AdminOptions::new())
+                    .await;
+            }
+        }
+        BackendConfig::Nats(nats) => {
+            if let Ok(client) = async_nats::connect(nats.url.as_str()).await {
+                let context = async_nats::jetstream::new(client.clone());
+                let _ = context.delete_stream(nats_stream_name(load)).await;
+                let _ = client.drain().await;
+            }
+        }
+    }
+}
+
+fn kafka_client_config(
+    kafka: &crate::bus::KafkaConfig,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+fn nats_stream_name(load: &CeilingLoad) -> String {
+    format!("CEILING_{}", load.topic.replace(['.', '*', '>'], "_"))
 }
 
 /// Counts messages off a consumer stream until `messages` arrived (transient errors skipped);
 /// returns when the last one did.
-async fn receive_all<S, T, E>(stream: &mut S, messages: u64) -> Instant
+async fn receive_all<S, T, E>(stream: &mut S, messages: u64) -> Result<Instant, String>
 where
     S: futures::Stream<Item = Result<T, E>> + Unpin,
 {
@@ -59,10 +112,14 @@ where
         match stream.next().await {
             Some(Ok(_)) => received += 1,
             Some(Err(_)) => continue,
-            None => break,
+            None => {
+                return Err(format!(
+                    "the consumer stream ended after {received} of {messages} messages"
+                ));
+            }
         }
     }
-    Instant::now()
+    Ok(Instant::now())
 }
 
 fn payload(load: &CeilingLoad, seq: u64) -> bytes::Bytes {
@@ -132,6 +189,17 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
         producer_config.set(key, value);
     }
     let producer: FutureProducer = producer_config.create().map_err(|e| e.to_string())?;
+    // Fail within seconds, with a clear error, when no broker answers.
+    let probe = producer.clone();
+    tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, PROBE_TIMEOUT))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!(
+                "no broker answered at {} within {PROBE_TIMEOUT:?}: {e}",
+                kafka.bootstrap_servers
+            )
+        })?;
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
             .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -172,23 +240,17 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
     }
     let mut stream = consumer.stream();
     if load.warmup > 0 {
-        let (sent, _) = tokio::join!(
+        tokio::try_join!(
             kafka_send(&producer, load, load.warmup),
             receive_all(&mut stream, load.warmup)
-        );
-        sent?;
+        )?;
     }
     let messages = load.messages;
     let start = Instant::now();
-    let (sent, end) = tokio::join!(
+    let ((), end) = tokio::try_join!(
         kafka_send(&producer, load, messages),
         receive_all(&mut stream, messages)
-    );
-    sent?;
-    drop(stream);
-    let _ = admin
-        .delete_topics(&[&load.topic], &rdkafka::admin::AdminOptions::new())
-        .await;
+    )?;
     Ok(messages as f64 / (end - start).as_secs_f64())
 }
 
@@ -210,10 +272,16 @@ async fn kafka_send(
                     in_flight.push_back(delivery);
                     break;
                 }
-                Err((_, returned)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    returned,
+                )) => {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                Err((error, _)) => return Err(format!("producing: {error}")),
             }
         }
         if in_flight.len() >= load.max_in_flight
@@ -240,7 +308,7 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
         .await
         .map_err(|e| e.to_string())?;
     let context = jetstream::new(client.clone());
-    let stream_name = format!("CEILING_{}", load.topic.replace(['.', '*', '>'], "_"));
+    let stream_name = nats_stream_name(load);
     let stream = context
         .get_or_create_stream(stream::Config {
             name: stream_name.clone(),
@@ -272,21 +340,18 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
         .await
         .map_err(|e| e.to_string())?;
     if load.warmup > 0 {
-        let (sent, _) = tokio::join!(
+        tokio::try_join!(
             nats_send(&context, load, load.warmup),
             receive_all(&mut messages_stream, load.warmup)
-        );
-        sent?;
+        )?;
     }
     let messages = load.messages;
     let start = Instant::now();
-    let (sent, end) = tokio::join!(
+    let ((), end) = tokio::try_join!(
         nats_send(&context, load, messages),
         receive_all(&mut messages_stream, messages)
-    );
-    sent?;
+    )?;
     drop(messages_stream);
-    let _ = context.delete_stream(&stream_name).await;
     let _ = client.drain().await;
     Ok(messages as f64 / (end - start).as_secs_f64())
 }

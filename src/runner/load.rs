@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, Envelope, EventBus, PublishReceipt};
 use crate::metrics::latency;
@@ -41,8 +42,12 @@ pub struct PublisherReport {
     pub sent: u64,
     /// Publishes acknowledged.
     pub acknowledged: u64,
-    /// Publishes that failed, with the first error.
+    /// Publishes that failed: refused by the bus before sending, or whose acknowledgement
+    /// failed or timed out.
     pub errors: u64,
+    /// Messages sent whose acknowledgement had neither arrived nor failed when the publisher
+    /// was stopped (the cell's deadline passed or the run was interrupted).
+    pub unconfirmed: u64,
     /// The first error, if any.
     pub first_error: Option<String>,
     /// Publish latency from the intended send time to the acknowledgement.
@@ -62,13 +67,16 @@ pub fn share(messages: u64, publishers: u32, index: u32) -> (u64, u64) {
     (first, count)
 }
 
-/// Runs publisher `index` of the plan to completion. `sent_counter` is shared for progress.
+/// Runs publisher `index` of the plan to completion, or until `stop` is cancelled: then it
+/// sends nothing more, stops waiting for acknowledgements (those still out count as
+/// unconfirmed) and reports what it did. `sent_counter` is shared for progress.
 pub async fn publish(
     bus: Arc<EventBus>,
     plan: Arc<LoadPlan>,
     index: u32,
     recorder: Arc<Recorder>,
     sent_counter: Arc<AtomicU64>,
+    stop: CancellationToken,
 ) -> PublisherReport {
     let (first_seq, count) = share(plan.messages, plan.publishers, index);
     // Aggregates owned by this publisher: a % publishers == index, so each aggregate has one
@@ -78,34 +86,51 @@ pub async fn publish(
         .collect();
     let mut versions = vec![0u32; owned.len()];
     let (receipts, mut pending) =
-        mpsc::channel::<(PublishReceipt, u64)>(plan.in_flight_per_publisher.max(1));
+        mpsc::channel::<(PublishReceipt, u64, u64)>(plan.in_flight_per_publisher.max(1));
     let collector_recorder = recorder.clone();
+    let collector_stop = stop.clone();
     let collector = tokio::spawn(async move {
-        let mut histogram = latency::new_histogram();
-        let (mut acknowledged, mut errors, mut first_error, mut last_ack) = (0, 0, None, 0);
-        while let Some((receipt, intended)) = pending.recv().await {
-            match receipt.await {
+        let mut acks = AckTally::new();
+        let stopped = collector_stop.cancelled();
+        tokio::pin!(stopped);
+        while let Some((receipt, intended, seq)) = pending.recv().await {
+            let result = tokio::select! {
+                biased;
+                result = receipt => result,
+                _ = &mut stopped => {
+                    acks.unconfirmed += 1;
+                    break;
+                }
+            };
+            match result {
                 Ok(()) => {
                     let now = collector_recorder.now_nanos();
-                    latency::record(&mut histogram, now.saturating_sub(intended) / 1000);
-                    acknowledged += 1;
-                    last_ack = now;
+                    latency::record(&mut acks.histogram, now.saturating_sub(intended) / 1000);
+                    collector_recorder.on_acknowledged(seq);
+                    acks.acknowledged += 1;
+                    acks.last_ack = now;
                 }
                 Err(error) => {
-                    errors += 1;
-                    first_error.get_or_insert_with(|| error.to_string());
+                    acks.errors += 1;
+                    acks.first_error.get_or_insert_with(|| error.to_string());
                 }
             }
         }
-        (histogram, acknowledged, errors, first_error, last_ack)
+        pending.close();
+        while pending.recv().await.is_some() {
+            acks.unconfirmed += 1;
+        }
+        acks
     });
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let per_publisher_rate = plan.rate as f64 / f64::from(plan.publishers);
     let start = recorder.now_nanos();
     let mut sent = 0;
     let mut send_errors = 0;
     let mut first_send_error = None;
     for k in 0..count {
-        if k % 256 == 0 && super::interrupted() {
+        if stop.is_cancelled() {
             break;
         }
         let seq = first_seq + k;
@@ -113,7 +138,11 @@ pub async fn publish(
             let due = start + (k as f64 * 1e9 / per_publisher_rate) as u64;
             let now = recorder.now_nanos();
             if due > now {
-                tokio::time::sleep(Duration::from_nanos(due - now)).await;
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Duration::from_nanos(due - now)) => {}
+                }
             }
             due
         } else {
@@ -128,8 +157,11 @@ pub async fn publish(
                     version: 0,
                 };
                 let topic = &plan.topics[(seq % plan.topics.len() as u64) as usize];
-                bus.publish_pipelined(topic, stamp.payload(plan.payload_bytes))
-                    .await
+                tokio::select! {
+                    biased;
+                    result = bus.publish_pipelined(topic, stamp.payload(plan.payload_bytes)) => result,
+                    _ = &mut stopped => break,
+                }
             }
             Mode::Envelope => {
                 let slot = (k % owned.len() as u64) as usize;
@@ -148,14 +180,18 @@ pub async fn publish(
                     i64::from(versions[slot]),
                     stamp.payload(plan.payload_bytes),
                 );
-                bus.publish_envelope_pipelined(topic, &envelope).await
+                tokio::select! {
+                    biased;
+                    result = bus.publish_envelope_pipelined(topic, &envelope) => result,
+                    _ = &mut stopped => break,
+                }
             }
         };
         match result {
             Ok(receipt) => {
                 sent += 1;
                 sent_counter.fetch_add(1, Ordering::Relaxed);
-                if receipts.send((receipt, intended)).await.is_err() {
+                if receipts.send((receipt, intended, seq)).await.is_err() {
                     break;
                 }
             }
@@ -169,24 +205,43 @@ pub async fn publish(
         }
     }
     drop(receipts);
-    let (histogram, acknowledged, ack_errors, first_ack_error, last_ack_nanos) =
-        collector.await.unwrap_or_else(|_| {
-            (
-                latency::new_histogram(),
-                0,
-                1,
-                Some("the acknowledgement collector panicked".into()),
-                0,
-            )
-        });
+    let acks = collector.await.unwrap_or_else(|_| AckTally {
+        errors: 1,
+        first_error: Some("the acknowledgement collector panicked".into()),
+        ..AckTally::new()
+    });
     PublisherReport {
         sent,
-        acknowledged,
-        errors: send_errors + ack_errors,
-        first_error: first_send_error.or(first_ack_error),
-        latency: histogram,
-        last_ack_nanos,
+        acknowledged: acks.acknowledged,
+        errors: send_errors + acks.errors,
+        unconfirmed: acks.unconfirmed,
+        first_error: first_send_error.or(acks.first_error),
+        latency: acks.histogram,
+        last_ack_nanos: acks.last_ack,
     }
+}
+
+impl AckTally {
+    fn new() -> Self {
+        AckTally {
+            histogram: latency::new_histogram(),
+            acknowledged: 0,
+            errors: 0,
+            unconfirmed: 0,
+            first_error: None,
+            last_ack: 0,
+        }
+    }
+}
+
+/// What a publisher's acknowledgement collector counted.
+struct AckTally {
+    histogram: Histogram<u64>,
+    acknowledged: u64,
+    errors: u64,
+    unconfirmed: u64,
+    first_error: Option<String>,
+    last_ack: u64,
 }
 
 #[cfg(test)]

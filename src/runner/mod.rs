@@ -12,7 +12,7 @@ mod progress;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bus::{
@@ -22,15 +22,17 @@ use crate::bus::{
 use crate::metrics::latency::{self, Percentiles};
 use crate::metrics::model::{
     CellResult, CellStatus, Histograms, Latency, Memory, RepeatSpread, RunResult, ScenarioInfo,
-    Tasks, Threads, Throughput, delivery, per_second,
+    Tasks, Threads, Throughput, per_second, success_rate,
 };
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::resources;
 use crate::scenario::{BackendKind, Mode, Scenario, StorageKind};
+use tokio_util::sync::CancellationToken;
 
 pub use environment::collect_environment;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INTERRUPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// Asks the running scenario to stop: the current cell ends as interrupted (its figures so far
 /// are kept), later cells are skipped, and the reports are still written.
@@ -38,9 +40,32 @@ pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::Release);
 }
 
+/// [`interrupt`], remembering the signal that asked for it (2 for SIGINT, 15 for SIGTERM) so
+/// that the process exits with 128 + that number once the reports are written.
+pub fn interrupt_by_signal(signal: i32) {
+    let _ = INTERRUPT_SIGNAL.compare_exchange(0, signal, Ordering::AcqRel, Ordering::Acquire);
+    interrupt();
+}
+
 /// Whether [`interrupt`] was called.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Acquire)
+}
+
+/// The signal that interrupted the run, if a signal did.
+pub fn interrupt_signal() -> Option<i32> {
+    match INTERRUPT_SIGNAL.load(Ordering::Acquire) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// Resolves once the run is interrupted; checked every 10 ms, so any phase that races its
+/// work against this ends within that.
+pub async fn until_interrupted() {
+    while !interrupted() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Where the brokers are, and how the run reports.
@@ -171,6 +196,13 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
             }
             let mut cell = representative(runs);
+            if let Some(Err(error)) = ceilings.get(&backend)
+                && cell.status != CellStatus::Interrupted
+            {
+                cell.failures
+                    .push(format!("the bare-client ceiling failed: {error}"));
+                cell.status = CellStatus::Failed;
+            }
             flag_suspect_efficiency(&mut cell);
             cells.push(cell);
         }
@@ -320,7 +352,9 @@ fn measure_ceiling(
         topic: format!("busbench.{}.{run_id}.ceiling", scenario.name),
         timeout: scenario.timeout(),
     };
-    runtime.block_on(ceiling::measure(&config, &load))
+    let outcome = runtime.block_on(ceiling::measure(&config, &load));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
 }
 
 /// What the measuring phase produced.
@@ -328,6 +362,7 @@ struct Measured {
     sent: u64,
     acknowledged: u64,
     publish_errors: u64,
+    unconfirmed: u64,
     first_error: Option<String>,
     publish_histogram: hdrhistogram::Histogram<u64>,
     last_ack_nanos: u64,
@@ -340,14 +375,371 @@ struct Measured {
     interrupted: bool,
     /// Why closing the bus failed, if it did.
     close_error: Option<String>,
+    /// Teardown did not finish before the cell's deadline: what was still running.
+    teardown_cut: Option<String>,
     /// Work counters at the first send and when the last message was handled.
     work: (resources::WorkCounters, resources::WorkCounters),
 }
 
-/// Fails the cell with the broker unreachable (true) or another error (false).
+/// How a cell failed before its measured phase produced figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// The broker could not be reached.
+    Unreachable,
+    /// Another error (set-up, warm-up, a phase past the deadline).
+    Failed,
+    /// The run was interrupted.
+    Interrupted,
+}
+
+/// Fails the cell, with what kind of failure it was.
 struct CellFailure {
     message: String,
-    unreachable: bool,
+    kind: FailureKind,
+    /// Teardown did not finish before the cell's deadline.
+    teardown_cut: Option<String>,
+}
+
+impl CellFailure {
+    fn failed(message: String) -> Self {
+        CellFailure {
+            message,
+            kind: FailureKind::Failed,
+            teardown_cut: None,
+        }
+    }
+
+    /// A phase that was cut by the deadline or an interruption.
+    fn cut(cut: Cut, phase: &str, timeout: Duration) -> Self {
+        match cut {
+            Cut::Deadline => CellFailure::failed(format!(
+                "{phase} did not finish within the cell's timeout of {timeout:?}"
+            )),
+            Cut::Interrupted => CellFailure {
+                message: format!("interrupted during {phase}"),
+                kind: FailureKind::Interrupted,
+                teardown_cut: None,
+            },
+        }
+    }
+}
+
+/// Why a bounded phase ended before its work did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The cell's deadline passed.
+    Deadline,
+    /// The run was interrupted.
+    Interrupted,
+}
+
+/// Runs `work` until it ends, the deadline passes, or the run is interrupted, whichever comes
+/// first; the work is dropped (cancelled) in the last two cases.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Cut> {
+    tokio::select! {
+        value = work => Ok(value),
+        _ = tokio::time::sleep_until(deadline) => Err(Cut::Deadline),
+        _ = until_interrupted() => Err(Cut::Interrupted),
+    }
+}
+
+/// The part of a cell's timeout kept for teardown (deleting topics, closing the bus) when the
+/// earlier phases run long: a tenth of the timeout, at most 10 seconds.
+fn teardown_reserve(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_secs(10))
+}
+
+/// How long teardown may go on after an interruption: enough to delete the cell's topics on a
+/// healthy broker, short enough to be prompt on a stalled one.
+const TEARDOWN_AFTER_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// Drives one cell inside one deadline: connect, set-up, warm-up, measure and drain must end
+/// by `timeout - teardown_reserve`, teardown by `timeout`; an interruption ends the current
+/// phase within milliseconds and teardown within [`TEARDOWN_AFTER_INTERRUPT`].
+async fn drive(
+    scenario: &Scenario,
+    backend: BackendKind,
+    mode: Mode,
+    options: &RunOptions,
+    run_id: &str,
+    recorder: Arc<Recorder>,
+    sent_counter: Arc<AtomicU64>,
+) -> Result<Measured, CellFailure> {
+    let timeout = scenario.timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let work_deadline = deadline - teardown_reserve(timeout);
+    let config = bus_config(scenario, backend, options);
+    let bus = match bounded(work_deadline, EventBus::connect(config)).await {
+        Ok(Ok(bus)) => Arc::new(bus),
+        Ok(Err(e)) => {
+            return Err(CellFailure {
+                message: format!("cannot use {backend}: {e}"),
+                kind: FailureKind::Unreachable,
+                teardown_cut: None,
+            });
+        }
+        Err(cut) => {
+            let mut failure = CellFailure::cut(cut, &format!("connecting to {backend}"), timeout);
+            if cut == Cut::Deadline {
+                failure.kind = FailureKind::Unreachable;
+            }
+            return Err(failure);
+        }
+    };
+    let broker_version = bounded(work_deadline, broker_version(backend, options))
+        .await
+        .ok()
+        .flatten();
+    let topics: Arc<[String]> = (0..scenario.topics)
+        .map(|i| format!("busbench.{}.{run_id}.{mode}.{i}", scenario.name))
+        .collect();
+    let mut subscriptions = Vec::new();
+    let result = measure(
+        scenario,
+        mode,
+        &bus,
+        &topics,
+        &mut subscriptions,
+        recorder,
+        sent_counter,
+        work_deadline,
+    )
+    .await;
+    let teardown = async {
+        for subscription in subscriptions {
+            let _ = subscription.close().await;
+        }
+        for topic in topics.iter() {
+            let _ = bus.delete_topic(topic).await;
+        }
+        match Arc::into_inner(bus) {
+            Some(bus) => bus.close().await,
+            None => Err(crate::bus::BusError::Config(
+                "a publisher still held the bus; it was not closed".into(),
+            )),
+        }
+    };
+    let cut_after_interrupt = async {
+        until_interrupted().await;
+        tokio::time::sleep(TEARDOWN_AFTER_INTERRUPT).await;
+    };
+    let (close, teardown_cut) = tokio::select! {
+        close = teardown => (Some(close), None),
+        _ = tokio::time::sleep_until(deadline) => (None, Some(format!(
+            "teardown (closing subscriptions, deleting topics, closing the bus) did not \
+             finish within the cell's timeout of {timeout:?}; it was abandoned"
+        ))),
+        _ = cut_after_interrupt => (None, Some(format!(
+            "teardown was abandoned {TEARDOWN_AFTER_INTERRUPT:?} after the interruption"
+        ))),
+    };
+    let mut measured = match result {
+        Ok(measured) => measured,
+        Err(mut failure) => {
+            failure.teardown_cut = teardown_cut;
+            return Err(failure);
+        }
+    };
+    measured.broker_version = broker_version;
+    measured.teardown_cut = teardown_cut;
+    if let Some(Err(e)) = close {
+        measured.close_error = Some(format!("closing the bus: {e}"));
+    }
+    Ok(measured)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    scenario: &Scenario,
+    mode: Mode,
+    bus: &Arc<EventBus>,
+    topics: &Arc<[String]>,
+    subscriptions: &mut Vec<crate::bus::Subscription>,
+    recorder: Arc<Recorder>,
+    sent_counter: Arc<AtomicU64>,
+    deadline: tokio::time::Instant,
+) -> Result<Measured, CellFailure> {
+    let timeout = scenario.timeout();
+    // Set-up: topics and subscriptions, ready before anything is sent.
+    let group = format!("busbench-{}", topics[0].replace('.', "-"));
+    let set_up = async {
+        for topic in topics.iter() {
+            bus.ensure_topic(topic)
+                .await
+                .map_err(|e| format!("creating {topic}: {e}"))?;
+            let recorder = recorder.clone();
+            let subscription = match mode {
+                Mode::Raw => {
+                    bus.subscribe(
+                        topic,
+                        SubscribeOptions::group(&group),
+                        handler(move |message| {
+                            recorder.on_message(&message.payload);
+                            async { Ok(()) }
+                        }),
+                    )
+                    .await
+                }
+                Mode::Envelope => {
+                    bus.subscribe_envelope(
+                        topic,
+                        SubscribeOptions::group(&group),
+                        envelope_handler(move |envelope| {
+                            recorder.on_message(&envelope.payload);
+                            async { Ok(()) }
+                        }),
+                    )
+                    .await
+                }
+            }
+            .map_err(|e| format!("subscribing to {topic}: {e}"))?;
+            subscriptions.push(subscription);
+        }
+        for subscription in subscriptions.iter() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            subscription
+                .wait_ready(left)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    };
+    bounded(deadline, set_up)
+        .await
+        .map_err(|cut| CellFailure::cut(cut, "set-up", timeout))?
+        .map_err(CellFailure::failed)?;
+    // Warm-up: messages outside the measurement, all handled before measuring starts.
+    let warm_up = async {
+        for seq in 0..scenario.warmup {
+            let topic = &topics[(seq % topics.len() as u64) as usize];
+            let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
+            let sent = match mode {
+                Mode::Raw => bus.publish(topic, payload).await,
+                Mode::Envelope => {
+                    let envelope =
+                        crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
+                    bus.publish_envelope(topic, &envelope).await
+                }
+            };
+            sent.map_err(|e| format!("warm-up publish: {e}"))?;
+        }
+        while recorder.warmup_received() < scenario.warmup {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<(), String>(())
+    };
+    bounded(deadline, warm_up)
+        .await
+        .map_err(|cut| CellFailure::cut(cut, "warm-up", timeout))?
+        .map_err(CellFailure::failed)?;
+    // Measure: publishers run until done, or until the deadline or an interruption stops
+    // them; either way they report what they sent and what was acknowledged.
+    let plan = Arc::new(load::LoadPlan {
+        mode,
+        topics: topics.clone(),
+        messages: scenario.total_messages(),
+        aggregates: scenario.aggregates,
+        publishers: scenario.publishers,
+        rate: scenario.rate,
+        payload_bytes: scenario.payload_bytes,
+        in_flight_per_publisher: scenario
+            .max_in_flight
+            .div_ceil(scenario.publishers as usize),
+    });
+    let stop = CancellationToken::new();
+    let watchdog = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = until_interrupted() => {}
+                _ = stop.cancelled() => {}
+            }
+            stop.cancel();
+        }
+    });
+    let work_at_start = resources::WorkCounters::read();
+    let first_send_nanos = recorder.now_nanos();
+    let publishers: Vec<_> = (0..scenario.publishers)
+        .map(|index| {
+            tokio::spawn(load::publish(
+                bus.clone(),
+                plan.clone(),
+                index,
+                recorder.clone(),
+                sent_counter.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let mut reports = Vec::new();
+    let mut publisher_failures = 0;
+    for publisher in publishers {
+        match publisher.await {
+            Ok(report) => reports.push(report),
+            Err(_) => publisher_failures += 1,
+        }
+    }
+    let stopped_early = stop.is_cancelled();
+    // Every message handed to the bus counts as sent, finished publisher or not.
+    let sent = sent_counter.load(Ordering::Acquire);
+    let unconfirmed: u64 = reports.iter().map(|r| r.unconfirmed).sum();
+    let publish_errors: u64 = reports.iter().map(|r| r.errors).sum();
+    // Drain: every acknowledged message must be handled; messages whose acknowledgement
+    // failed may still have been stored, so they get a short grace to arrive too.
+    let mut completed = !stopped_early
+        && publisher_failures == 0
+        && bounded(deadline, async {
+            while !recorder.all_acknowledged_handled() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .is_ok();
+    if completed && recorder.distinct() < sent {
+        let grace = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        let _ = bounded(grace, async {
+            while recorder.distinct() < sent {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    }
+    completed &= !interrupted();
+    stop.cancel();
+    let _ = watchdog.await;
+    let work_at_end = resources::WorkCounters::read();
+    let tasks_at_end = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks() as u64;
+    let mut publish_histogram = latency::new_histogram();
+    for report in &reports {
+        let _ = publish_histogram.add(&report.latency);
+    }
+    let mut first_error = reports.iter().find_map(|r| r.first_error.clone());
+    if publisher_failures > 0 {
+        first_error.get_or_insert_with(|| format!("{publisher_failures} publishers panicked"));
+    }
+    Ok(Measured {
+        sent,
+        acknowledged: reports.iter().map(|r| r.acknowledged).sum(),
+        publish_errors,
+        unconfirmed,
+        first_error,
+        publish_histogram,
+        last_ack_nanos: reports.iter().map(|r| r.last_ack_nanos).max().unwrap_or(0),
+        first_send_nanos,
+        completed,
+        broker_version: None,
+        tasks_at_end,
+        interrupted: interrupted(),
+        close_error: None,
+        teardown_cut: None,
+        work: (work_at_start, work_at_end),
+    })
 }
 
 fn run_cell(
@@ -389,42 +781,60 @@ fn run_cell(
         sent_counter,
     ));
     let cpu = resources::cpu_time().saturating_sub(cpu_before);
-    let settle = Duration::from_secs(5);
+    // Closed buses end their tasks within moments; after an abandoned teardown or an
+    // interruption nothing more is waited for (what is left is reported as leaked).
+    let abandoned = match &measured {
+        Ok(m) => m.teardown_cut.is_some(),
+        Err(f) => f.teardown_cut.is_some(),
+    };
+    let settle = if abandoned || interrupted() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    };
     let tasks_after = resources::settle(tasks_baseline, settle, || resources::alive_tasks(&handle));
     let threads_after = resources::settle(threads_baseline, settle, resources::thread_count);
     let rss_after = resources::rss_bytes();
     let samples = sampler.stop();
     bar.finish();
-    drop(runtime);
+    // A client call stuck in a blocking thread must not hold the run past the cell.
+    runtime.shutdown_timeout(Duration::from_secs(1));
 
     let received = recorder.snapshot();
     let mut failures = Vec::new();
     let mut unreachable = false;
+    let mut interrupted_cell = false;
     let measured = match measured {
         Ok(measured) => Some(measured),
         Err(failure) => {
-            unreachable = failure.unreachable;
+            unreachable = failure.kind == FailureKind::Unreachable;
+            interrupted_cell = failure.kind == FailureKind::Interrupted;
             failures.push(failure.message);
+            failures.extend(failure.teardown_cut);
             None
         }
     };
-    let (sent, acknowledged, publish_errors, publish_histogram, first_send, last_ack) =
+    let (sent, acknowledged, publish_errors, unconfirmed, publish_histogram, first_send, last_ack) =
         match &measured {
             Some(m) => (
                 m.sent,
                 m.acknowledged,
                 m.publish_errors,
+                m.unconfirmed,
                 m.publish_histogram.clone(),
                 m.first_send_nanos,
                 m.last_ack_nanos,
             ),
-            None => (0, 0, 0, latency::new_histogram(), 0, 0),
+            None => (0, 0, 0, 0, latency::new_histogram(), 0, 0),
         };
     if let Some(m) = &measured {
-        if let Some(error) = &m.first_error {
+        interrupted_cell |= m.interrupted;
+        if let Some(error) = &m.first_error
+            && m.publish_errors > scenario.thresholds.max_publish_errors
+        {
             failures.push(format!(
-                "{} publishes failed; first: {error}",
-                m.publish_errors
+                "{} publishes failed (at most {}); first: {error}",
+                m.publish_errors, scenario.thresholds.max_publish_errors
             ));
         }
         if let Some(error) = &m.close_error {
@@ -432,29 +842,43 @@ fn run_cell(
         }
         if !m.completed && !m.interrupted {
             failures.push(format!(
-                "timed out after {:?} with {} of {} messages handled",
+                "timed out after {:?}: {} of {} messages handled ({} sent, {} acknowledged, {} \
+                 unconfirmed)",
                 scenario.timeout(),
                 received.distinct,
-                m.sent
+                total,
+                m.sent,
+                m.acknowledged,
+                m.unconfirmed
             ));
         }
+        failures.extend(m.teardown_cut.clone());
+    }
+    let lost = recorder.acknowledged_not_handled();
+    if lost > 0 {
+        failures.push(if measured.as_ref().is_some_and(|m| m.completed) {
+            format!("{lost} messages acknowledged by the broker were never handled")
+        } else {
+            format!(
+                "{lost} messages acknowledged by the broker were not handled when the cell ended"
+            )
+        });
     }
     let e2e_histogram = recorder.e2e_histogram();
     let publish_seconds = last_ack.saturating_sub(first_send) as f64 / 1e9;
     let e2e_seconds = received.last_handled_nanos.saturating_sub(first_send) as f64 / 1e9;
-    let (lost, success_rate) = delivery(
-        sent.max(total * u64::from(measured.is_none())),
-        received.distinct,
-    );
+    let success_rate = success_rate(total, received.distinct);
     let e2e_rate = per_second(received.distinct, e2e_seconds);
     let mut cell = CellResult {
         backend,
         mode,
         status: CellStatus::Ok,
         failures,
+        planned: total,
         sent,
         acknowledged,
         publish_errors,
+        unconfirmed,
         received: received.distinct,
         lost,
         duplicates: received.duplicates,
@@ -506,9 +930,11 @@ fn run_cell(
         repeats: None,
     };
     apply_thresholds(&mut cell, scenario);
-    if measured.as_ref().is_some_and(|m| m.interrupted) {
+    if interrupted_cell {
         cell.status = CellStatus::Interrupted;
-        cell.failures.insert(0, "interrupted by the user".into());
+        if measured.is_some() {
+            cell.failures.insert(0, "interrupted".into());
+        }
     }
     if !options.progress {
         eprintln!(
@@ -563,228 +989,6 @@ pub fn apply_thresholds(cell: &mut CellResult, scenario: &Scenario) {
     }
     if !cell.failures.is_empty() {
         cell.status = CellStatus::Failed;
-    }
-}
-
-async fn drive(
-    scenario: &Scenario,
-    backend: BackendKind,
-    mode: Mode,
-    options: &RunOptions,
-    run_id: &str,
-    recorder: Arc<Recorder>,
-    sent_counter: Arc<AtomicU64>,
-) -> Result<Measured, CellFailure> {
-    let timeout = scenario.timeout();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let config = bus_config(scenario, backend, options);
-    let bus = EventBus::connect(config).await.map_err(|e| CellFailure {
-        message: format!("cannot use {backend}: {e}"),
-        unreachable: true,
-    })?;
-    let bus = Arc::new(bus);
-    let broker_version = broker_version(backend, options).await;
-    let topics: Arc<[String]> = (0..scenario.topics)
-        .map(|i| format!("busbench.{}.{run_id}.{mode}.{i}", scenario.name))
-        .collect();
-    let result = measure(
-        scenario,
-        mode,
-        &bus,
-        &topics,
-        recorder,
-        sent_counter,
-        deadline,
-    )
-    .await;
-    for topic in topics.iter() {
-        let _ = bus.delete_topic(topic).await;
-    }
-    let close = match Arc::into_inner(bus) {
-        Some(bus) => bus.close().await,
-        None => Err(crate::bus::BusError::Config(
-            "a publisher still held the bus; it was not closed".into(),
-        )),
-    };
-    let mut measured = result?;
-    measured.broker_version = broker_version;
-    if let Err(e) = close {
-        measured.close_error = Some(format!("closing the bus: {e}"));
-    }
-    Ok(measured)
-}
-
-async fn measure(
-    scenario: &Scenario,
-    mode: Mode,
-    bus: &Arc<EventBus>,
-    topics: &Arc<[String]>,
-    recorder: Arc<Recorder>,
-    sent_counter: Arc<AtomicU64>,
-    deadline: tokio::time::Instant,
-) -> Result<Measured, CellFailure> {
-    let failure = |message: String| CellFailure {
-        message,
-        unreachable: false,
-    };
-    // Set-up: topics and subscriptions, ready before anything is sent.
-    let group = format!("busbench-{}", topics[0].replace('.', "-"));
-    let mut subscriptions = Vec::new();
-    for topic in topics.iter() {
-        bus.ensure_topic(topic)
-            .await
-            .map_err(|e| failure(format!("creating {topic}: {e}")))?;
-        let recorder = recorder.clone();
-        let subscription = match mode {
-            Mode::Raw => {
-                bus.subscribe(
-                    topic,
-                    SubscribeOptions::group(&group),
-                    handler(move |message| {
-                        recorder.on_message(&message.payload);
-                        async { Ok(()) }
-                    }),
-                )
-                .await
-            }
-            Mode::Envelope => {
-                bus.subscribe_envelope(
-                    topic,
-                    SubscribeOptions::group(&group),
-                    envelope_handler(move |envelope| {
-                        recorder.on_message(&envelope.payload);
-                        async { Ok(()) }
-                    }),
-                )
-                .await
-            }
-        }
-        .map_err(|e| failure(format!("subscribing to {topic}: {e}")))?;
-        subscriptions.push(subscription);
-    }
-    for subscription in &subscriptions {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        subscription
-            .wait_ready(left)
-            .await
-            .map_err(|e| failure(e.to_string()))?;
-    }
-    // Warm-up: messages outside the measurement, all handled before measuring starts.
-    for seq in 0..scenario.warmup {
-        let topic = &topics[(seq % topics.len() as u64) as usize];
-        let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
-        let sent = match mode {
-            Mode::Raw => bus.publish(topic, payload).await,
-            Mode::Envelope => {
-                let envelope =
-                    crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
-                bus.publish_envelope(topic, &envelope).await
-            }
-        };
-        sent.map_err(|e| failure(format!("warm-up publish: {e}")))?;
-    }
-    if !wait_until(deadline, || recorder.warmup_received() >= scenario.warmup).await {
-        return Err(failure(
-            "the warm-up messages were not all handled in time".into(),
-        ));
-    }
-    // Measure.
-    let plan = Arc::new(load::LoadPlan {
-        mode,
-        topics: topics.clone(),
-        messages: scenario.total_messages(),
-        aggregates: scenario.aggregates,
-        publishers: scenario.publishers,
-        rate: scenario.rate,
-        payload_bytes: scenario.payload_bytes,
-        in_flight_per_publisher: scenario
-            .max_in_flight
-            .div_ceil(scenario.publishers as usize),
-    });
-    let work_at_start = resources::WorkCounters::read();
-    let first_send_nanos = recorder.now_nanos();
-    let publishers: Vec<_> = (0..scenario.publishers)
-        .map(|index| {
-            tokio::spawn(load::publish(
-                bus.clone(),
-                plan.clone(),
-                index,
-                recorder.clone(),
-                sent_counter.clone(),
-            ))
-        })
-        .collect();
-    let mut reports = Vec::new();
-    let mut pending: Vec<Option<_>> = publishers.into_iter().map(Some).collect();
-    let mut completed_publishing = true;
-    for slot in pending.iter_mut() {
-        let Some(publisher) = slot.as_mut() else {
-            continue;
-        };
-        match tokio::time::timeout_at(deadline, publisher).await {
-            Ok(result) => {
-                *slot = None;
-                match result {
-                    Ok(report) => reports.push(report),
-                    Err(_) => completed_publishing = false,
-                }
-            }
-            Err(_) => {
-                completed_publishing = false;
-                break;
-            }
-        }
-    }
-    // Past the deadline: stop the publishers still running, and wait for them to end, so that
-    // nothing of this cell outlives it.
-    for publisher in pending.into_iter().flatten() {
-        publisher.abort();
-        let _ = publisher.await;
-    }
-    // Every message handed to the bus counts as sent, finished publisher or not.
-    let sent = sent_counter.load(Ordering::Acquire);
-    // Drain: wait for every message that was sent to be handled.
-    let completed =
-        completed_publishing && wait_until(deadline, || recorder.distinct() >= sent).await;
-    let work_at_end = resources::WorkCounters::read();
-    let tasks_at_end = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks() as u64;
-    for subscription in subscriptions {
-        let _ = subscription.close().await;
-    }
-    let mut publish_histogram = latency::new_histogram();
-    for report in &reports {
-        let _ = publish_histogram.add(&report.latency);
-    }
-    Ok(Measured {
-        sent,
-        acknowledged: reports.iter().map(|r| r.acknowledged).sum(),
-        publish_errors: reports.iter().map(|r| r.errors).sum(),
-        first_error: reports.iter().find_map(|r| r.first_error.clone()),
-        publish_histogram,
-        last_ack_nanos: reports.iter().map(|r| r.last_ack_nanos).max().unwrap_or(0),
-        first_send_nanos,
-        completed,
-        broker_version: None,
-        tasks_at_end,
-        interrupted: interrupted(),
-        close_error: None,
-        work: (work_at_start, work_at_end),
-    })
-}
-
-/// Polls `condition` every millisecond until it holds, the deadline passes or the run is
-/// interrupted.
-async fn wait_until(deadline: tokio::time::Instant, condition: impl Fn() -> bool) -> bool {
-    loop {
-        if condition() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline || interrupted() {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
