@@ -39,7 +39,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs the bare-client load and returns its end-to-end throughput in messages per second.
 /// The first send error ends the run with that error; the run also ends at its timeout or
 /// when the run is interrupted; in every case its topic (Kafka) or stream (NATS) is removed.
-pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, String> {
+pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, CeilingError> {
+    let reachable = tokio::select! {
+        reachable = reachable(config) => reachable,
+        _ = super::until_interrupted() => return Err(CeilingError::Failed("interrupted".into())),
+    };
+    reachable.map_err(CeilingError::Unreachable)?;
     let run = async {
         match &config.backend {
             BackendConfig::Memory(_) => memory(load).await,
@@ -57,7 +62,58 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Stri
         _ = super::until_interrupted() => Err("interrupted".to_owned()),
     };
     let _ = tokio::time::timeout(CLEAN_UP_TIMEOUT, clean_up(config, load)).await;
-    outcome
+    outcome.map_err(CeilingError::Failed)
+}
+
+/// Why a ceiling run gave no figure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CeilingError {
+    /// The broker did not answer within seconds: the backend's cells need not try.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The run failed: a send error, the timeout, an interruption.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Whether the broker answers, within [`PROBE_TIMEOUT`].
+async fn reachable(config: &BusConfig) -> Result<(), String> {
+    match &config.backend {
+        BackendConfig::Memory(_) => Ok(()),
+        BackendConfig::Kafka(kafka) => {
+            let producer: FutureProducer = kafka_client_config(kafka, &kafka.properties)
+                .create()
+                .map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(None, PROBE_TIMEOUT)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "no broker answered at {} within {PROBE_TIMEOUT:?}: {e}",
+                    kafka.bootstrap_servers
+                )
+            })
+        }
+        BackendConfig::Nats(nats) => {
+            let connect = async_nats::ConnectOptions::new()
+                .connection_timeout(PROBE_TIMEOUT)
+                .connect(nats.url.as_str());
+            match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                Ok(Ok(client)) => {
+                    let _ = client.drain().await;
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(format!("could not connect to {}: {e}", nats.url)),
+                Err(_) => Err(format!(
+                    "no server answered at {} within {PROBE_TIMEOUT:?}",
+                    nats.url
+                )),
+            }
+        }
+    }
 }
 
 /// Removes what a ceiling run created on the broker, whether it finished or not.
@@ -189,17 +245,6 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
         producer_config.set(key, value);
     }
     let producer: FutureProducer = producer_config.create().map_err(|e| e.to_string())?;
-    // Fail within seconds, with a clear error, when no broker answers.
-    let probe = producer.clone();
-    tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, PROBE_TIMEOUT))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| {
-            format!(
-                "no broker answered at {} within {PROBE_TIMEOUT:?}: {e}",
-                kafka.bootstrap_servers
-            )
-        })?;
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
             .set("bootstrap.servers", &kafka.bootstrap_servers)

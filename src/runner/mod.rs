@@ -143,6 +143,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     };
     let mut infrastructure_failure = false;
     let mut ceilings: BTreeMap<BackendKind, Result<f64, String>> = BTreeMap::new();
+    // Backends the ceiling found unreachable: their cells fail at once with that error.
+    let mut unreachable_backends: BTreeMap<BackendKind, String> = BTreeMap::new();
     let mut cells = Vec::new();
     let mut broker_versions = BTreeMap::new();
     for &backend in &backends {
@@ -163,7 +165,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     break;
                 }
             }
-            let value = match failure {
+            if let Some(ceiling::CeilingError::Unreachable(e)) = &failure {
+                unreachable_backends.insert(backend, e.clone());
+            }
+            let value = match failure.map(|e| e.to_string()) {
                 Some(e) => {
                     eprintln!("busbench: {backend}: bare-client ceiling failed: {e}");
                     Err(e)
@@ -184,8 +189,15 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             let mut runs = Vec::new();
             for attempt in 0..options.repeat.max(1) {
                 let run_id = format!("{run_id}r{attempt}");
-                let (cell, version, unreachable) =
-                    run_cell(scenario, backend, mode, options, &run_id, ceiling);
+                let (cell, version, unreachable) = run_cell(
+                    scenario,
+                    backend,
+                    mode,
+                    options,
+                    &run_id,
+                    ceiling,
+                    unreachable_backends.get(&backend).map(String::as_str),
+                );
                 if let Some(version) = version {
                     broker_versions.insert(backend.name().to_owned(), version);
                 }
@@ -198,6 +210,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             let mut cell = representative(runs);
             if let Some(Err(error)) = ceilings.get(&backend)
                 && cell.status != CellStatus::Interrupted
+                && !unreachable_backends.contains_key(&backend)
             {
                 cell.failures
                     .push(format!("the bare-client ceiling failed: {error}"));
@@ -341,7 +354,7 @@ fn measure_ceiling(
     backend: BackendKind,
     options: &RunOptions,
     run_id: &str,
-) -> Result<f64, String> {
+) -> Result<f64, ceiling::CeilingError> {
     let runtime = new_runtime();
     let config = bus_config(scenario, backend, options);
     let load = ceiling::CeilingLoad {
@@ -614,6 +627,10 @@ async fn measure(
     // Warm-up: messages outside the measurement, all handled before measuring starts.
     let warm_up = async {
         for seq in 0..scenario.warmup {
+            if seq % 256 == 255 {
+                // A backend that never waits (memory) must still let the deadline be seen.
+                tokio::task::yield_now().await;
+            }
             let topic = &topics[(seq % topics.len() as u64) as usize];
             let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
             let sent = match mode {
@@ -749,6 +766,7 @@ fn run_cell(
     options: &RunOptions,
     run_id: &str,
     ceiling: Option<f64>,
+    known_unreachable: Option<&str>,
 ) -> (CellResult, Option<String>, bool) {
     release_freed_memory();
     reset_peak_rss();
@@ -771,15 +789,22 @@ fn run_cell(
     let bar = progress::CellProgress::new(options.progress, backend, mode, total);
     let sent_counter = Arc::new(AtomicU64::new(0));
     sampler.watch(recorder.clone(), sent_counter.clone(), bar.clone());
-    let measured = runtime.block_on(drive(
-        scenario,
-        backend,
-        mode,
-        options,
-        run_id,
-        recorder.clone(),
-        sent_counter,
-    ));
+    let measured = match known_unreachable {
+        Some(error) => Err(CellFailure {
+            message: format!("cannot use {backend}: {error}"),
+            kind: FailureKind::Unreachable,
+            teardown_cut: None,
+        }),
+        None => runtime.block_on(drive(
+            scenario,
+            backend,
+            mode,
+            options,
+            run_id,
+            recorder.clone(),
+            sent_counter,
+        )),
+    };
     let cpu = resources::cpu_time().saturating_sub(cpu_before);
     // Closed buses end their tasks within moments; after an abandoned teardown or an
     // interruption nothing more is waited for (what is left is reported as leaked).
