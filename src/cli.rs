@@ -76,20 +76,34 @@ struct AbArgs {
     #[arg(long, value_parser = parse_key_value)]
     head_env: Vec<(String, String)>,
     /// Largest allowed throughput drop, percent (default: the scenario's `[regression]`).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     throughput_drop: Option<f64>,
     /// Largest allowed p99 rise, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     latency_rise: Option<f64>,
     /// Largest allowed rise of CPU time per message, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     cpu_rise: Option<f64>,
     /// The largest Mann-Whitney p-value that counts as significant.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_probability)]
     significance: Option<f64>,
     /// Also write the report as markdown (for a pull-request comment) to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a percentage of 0 or more")),
+    }
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value < 1.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a probability between 0 and 1")),
+    }
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -103,23 +117,23 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, clap::Args)]
 struct ThresholdArgs {
     /// Largest allowed throughput drop, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     throughput_drop: Option<f64>,
     /// Largest allowed p99 latency rise, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     latency_rise: Option<f64>,
     /// Largest allowed rise of CPU time per message, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     cpu_rise: Option<f64>,
     /// Largest allowed peak-RSS rise, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     rss_rise: Option<f64>,
     /// Largest allowed rise of heap allocations or bytes per message, percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     allocations_rise: Option<f64>,
     /// Largest allowed drop of a ratio within a run (efficiency, envelope/raw,
     /// handled/published), percent.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_percent)]
     ratio_drop: Option<f64>,
     /// Also write the comparison as markdown (for a pull-request comment) to this file.
     #[arg(long)]
@@ -450,19 +464,26 @@ fn say(text: impl std::fmt::Display) {
 }
 
 fn run(args: RunArgs) -> i32 {
+    crate::redact::register_url(&args.brokers.nats_url);
+    crate::redact::register_url(&args.brokers.kafka_bootstrap);
     let scenario = match Scenario::load(&args.scenario) {
         Ok(scenario) => scenario,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", crate::redact::text(&error.to_string()));
             return EXIT_USAGE;
         }
     };
+    scenario.register_secrets();
     let backends = match &args.brokers.backends {
         None => None,
         Some(names) => {
             let mut parsed = Vec::new();
             for name in names {
                 match BackendKind::parse(name.trim()) {
+                    Some(kind) if parsed.contains(&kind) => {
+                        eprintln!("error: --backends: {name} is listed twice");
+                        return EXIT_USAGE;
+                    }
                     Some(kind) => parsed.push(kind),
                     None => {
                         eprintln!(

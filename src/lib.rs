@@ -9,6 +9,7 @@ pub mod ab;
 pub mod bus;
 pub mod cli;
 pub mod metrics;
+pub mod redact;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -173,6 +173,17 @@ impl Default for Thresholds {
     }
 }
 
+/// The longest scenario name, in bytes.
+pub const MAX_NAME_BYTES: usize = 100;
+/// The most messages (or warm-up messages) per cell.
+pub const MAX_MESSAGES: u64 = 1_000_000_000;
+/// The largest payload.
+pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// The most payload bytes in flight at once (payload_bytes × max_in_flight).
+pub const MAX_IN_FLIGHT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// The longest cell timeout.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// A scenario as written in its file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -587,7 +598,245 @@ impl Scenario {
                 "must be greater than 0".into(),
             ));
         }
+        self.check_bounds(&fail)?;
+        self.check_kafka_properties(&fail)?;
         Ok(())
+    }
+
+    /// Bounds every number to what one machine can do, so that a typo is a clear error
+    /// instead of an allocation failure or a run that never ends.
+    fn check_bounds(
+        &self,
+        fail: &dyn Fn(Option<&str>, &str, String) -> ScenarioError,
+    ) -> Result<(), ScenarioError> {
+        let at_most = |key: &str, value: u64, limit: u64, why: &str| {
+            if value > limit {
+                Err(fail(
+                    None,
+                    key,
+                    format!("{value} is more than the {limit} busbench allows ({why})"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if self.name.len() > MAX_NAME_BYTES {
+            return Err(fail(
+                None,
+                "name",
+                format!(
+                    "is {} characters long; at most {MAX_NAME_BYTES} (it names the report files)",
+                    self.name.len()
+                ),
+            ));
+        }
+        at_most(
+            if self.messages.is_some() {
+                "messages"
+            } else {
+                "duration"
+            },
+            self.total_messages(),
+            MAX_MESSAGES,
+            "the receiving side keeps two bits per message",
+        )?;
+        at_most(
+            "warmup",
+            self.warmup,
+            MAX_MESSAGES,
+            "the same bound as messages",
+        )?;
+        at_most(
+            "topics",
+            self.topics.into(),
+            10_000,
+            "one stream or topic each",
+        )?;
+        at_most(
+            "partitions",
+            self.partitions as u64,
+            10_000,
+            "per Kafka topic",
+        )?;
+        at_most(
+            "publishers",
+            self.publishers.into(),
+            10_000,
+            "one task each",
+        )?;
+        at_most(
+            "aggregates",
+            self.aggregates,
+            100_000_000,
+            "the order check keeps 4 bytes per aggregate",
+        )?;
+        at_most("rate", self.rate, 100_000_000, "messages per second")?;
+        at_most(
+            "max_in_flight",
+            self.max_in_flight as u64,
+            1_000_000,
+            "acknowledgements awaited at once",
+        )?;
+        at_most(
+            "payload_bytes",
+            self.payload_bytes as u64,
+            MAX_PAYLOAD_BYTES,
+            "64 MiB",
+        )?;
+        let in_flight_bytes = self.payload_bytes as u64 * self.max_in_flight as u64;
+        if in_flight_bytes > MAX_IN_FLIGHT_BYTES {
+            return Err(fail(
+                None,
+                "max_in_flight",
+                format!(
+                    "{} messages of {} bytes in flight is {in_flight_bytes} bytes, more than \
+                     the {MAX_IN_FLIGHT_BYTES} busbench allows",
+                    self.max_in_flight, self.payload_bytes
+                ),
+            ));
+        }
+        if parse_duration(&self.timeout).is_some_and(|d| d > MAX_TIMEOUT) {
+            return Err(fail(
+                None,
+                "timeout",
+                format!("{} is longer than {MAX_TIMEOUT:?}", self.timeout),
+            ));
+        }
+        for (key, list) in [
+            (
+                "backends",
+                self.backends.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            ),
+            (
+                "modes",
+                self.modes
+                    .iter()
+                    .map(|m| if *m == Mode::Raw { "raw" } else { "envelope" })
+                    .collect(),
+            ),
+        ] {
+            if let Some(repeated) = list
+                .iter()
+                .enumerate()
+                .find(|(i, name)| list[..*i].contains(name))
+            {
+                return Err(fail(None, key, format!("{} is listed twice", repeated.1)));
+            }
+        }
+        if let Some(limit) = self.thresholds.max_e2e_p99_ms
+            && !(limit.is_finite() && limit > 0.0)
+        {
+            return Err(fail(
+                Some("thresholds"),
+                "max_e2e_p99_ms",
+                format!("{limit} is not a positive number of milliseconds"),
+            ));
+        }
+        if !self.thresholds.min_success_rate.is_finite() {
+            return Err(fail(
+                Some("thresholds"),
+                "min_success_rate",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands the Kafka properties to librdkafka before anything runs, so that a misspelt or
+    /// invalid property is bad input (exit 2), not a failed cell.
+    fn check_kafka_properties(
+        &self,
+        fail: &dyn Fn(Option<&str>, &str, String) -> ScenarioError,
+    ) -> Result<(), ScenarioError> {
+        // Each client as the bus creates it: the shared properties with its own on top.
+        for (table, own) in [
+            ("kafka.properties", &BTreeMap::new()),
+            ("kafka.producer", &self.kafka.producer),
+            ("kafka.consumer", &self.kafka.consumer),
+        ] {
+            let mut config = rdkafka::ClientConfig::new();
+            config.set("bootstrap.servers", "127.0.0.1:9");
+            if table == "kafka.consumer" {
+                config.set("group.id", "busbench-check");
+            }
+            for (key, value) in self.kafka.properties.iter().chain(own) {
+                config.set(key, value);
+            }
+            let created = if table == "kafka.consumer" {
+                config
+                    .create::<rdkafka::consumer::BaseConsumer>()
+                    .map(|_| ())
+            } else {
+                config
+                    .create::<rdkafka::producer::BaseProducer>()
+                    .map(|_| ())
+            };
+            let Err(error) = created else {
+                continue;
+            };
+            let mut message = error.to_string();
+            for (key, value) in self.kafka.properties.iter().chain(own) {
+                if crate::redact::is_secret_key(key) && !value.is_empty() {
+                    message = message.replace(value.as_str(), crate::redact::MASK);
+                }
+            }
+            // The property librdkafka names, else the first one of the section.
+            let named = |properties: &BTreeMap<String, String>| {
+                properties
+                    .keys()
+                    .find(|key| message.contains(&format!("\"{key}\"")))
+                    .cloned()
+            };
+            let (table, key) = match named(own) {
+                Some(key) => (table, key),
+                None => match named(&self.kafka.properties) {
+                    Some(key) => ("kafka.properties", key),
+                    None => match own.keys().next() {
+                        Some(key) => (table, key.clone()),
+                        None => (
+                            "kafka.properties",
+                            self.kafka
+                                .properties
+                                .keys()
+                                .next()
+                                .cloned()
+                                .unwrap_or_default(),
+                        ),
+                    },
+                },
+            };
+            return Err(fail(
+                Some(table),
+                &key,
+                format!("librdkafka refuses it: {message}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers every secret the scenario holds (credential properties) with
+    /// [`crate::redact`], so that no output repeats them.
+    pub fn register_secrets(&self) {
+        for properties in [
+            &self.kafka.properties,
+            &self.kafka.producer,
+            &self.kafka.consumer,
+        ] {
+            for (key, value) in properties {
+                if crate::redact::is_secret_key(key) {
+                    crate::redact::register(value);
+                }
+            }
+        }
+    }
+
+    /// A copy fit for reports: credential properties masked.
+    pub fn redacted(&self) -> Scenario {
+        let mut copy = self.clone();
+        copy.kafka.properties = crate::redact::properties(&self.kafka.properties);
+        copy.kafka.producer = crate::redact::properties(&self.kafka.producer);
+        copy.kafka.consumer = crate::redact::properties(&self.kafka.consumer);
+        copy
     }
 
     /// The amount of work per cell.

@@ -170,6 +170,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             }
             let value = match failure.map(|e| e.to_string()) {
                 Some(e) => {
+                    let e = crate::redact::text(&e);
                     eprintln!("busbench: {backend}: bare-client ceiling failed: {e}");
                     Err(e)
                 }
@@ -228,8 +229,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let mut environment = collect_environment(broker_versions);
     for backend in &backends {
         let address = match backend {
-            BackendKind::Kafka => options.kafka_bootstrap.clone(),
-            BackendKind::Nats => options.nats_url.clone(),
+            BackendKind::Kafka => crate::redact::url(&options.kafka_bootstrap),
+            BackendKind::Nats => crate::redact::url(&options.nats_url),
             BackendKind::Memory => "in-process".into(),
         };
         environment
@@ -251,7 +252,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 name: scenario.name.clone(),
                 file: options.scenario_file.display().to_string(),
                 hash: scenario.workload_hash(),
-                settings: scenario.clone(),
+                settings: scenario.redacted(),
             },
             environment,
             started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -955,6 +956,9 @@ fn run_cell(
         repeats: None,
     };
     apply_thresholds(&mut cell, scenario);
+    for line in cell.failures.iter_mut().chain(cell.warnings.iter_mut()) {
+        *line = crate::redact::text(line);
+    }
     if interrupted_cell {
         cell.status = CellStatus::Interrupted;
         if measured.is_some() {
