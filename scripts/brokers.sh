@@ -8,6 +8,17 @@
 #   scripts/brokers.sh kafka-version   the version of the Kafka broker this script runs, if any
 #   scripts/brokers.sh nats-bin        the path of the nats-server binary (installed if missing)
 #
+# Faults, for the brokers this script started (NAME is kafka or nats):
+#   scripts/brokers.sh start NAME            start one broker and wait until it answers
+#   scripts/brokers.sh kill NAME             SIGKILL it (nothing flushed, as in a crash)
+#   scripts/brokers.sh restart NAME          SIGKILL it, start it again on the same data, wait
+#   scripts/brokers.sh pause NAME [SECONDS]  SIGSTOP it (a stalled broker); resume after SECONDS
+#   scripts/brokers.sh resume NAME           SIGCONT it
+#
+# Ports and the state folder can be moved, to run private brokers beside the shared ones:
+# BUSBENCH_BROKER_DIR, BUSBENCH_KAFKA_PORT, BUSBENCH_KAFKA_CONTROLLER_PORT, BUSBENCH_NATS_PORT,
+# BUSBENCH_NATS_MONITOR_PORT, BUSBENCH_KAFKA_HEAP (default 1G).
+#
 # Apache Kafka runs in KRaft mode (one node: broker + controller) from jars that Maven collects
 # from Maven Central (scripts/kafka/pom.xml); nats-server is built with `go install` at a pinned
 # version. Installs are cached in $BUSBENCH_CACHE (default ~/.cache/busbench); runtime state (data,
@@ -23,11 +34,12 @@ CACHE="${BUSBENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/busbench}"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka/pom.xml")"
 NATS_VERSION="v2.14.9"
 KAFKA_HOST=127.0.0.1
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
+KAFKA_PORT="${BUSBENCH_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${BUSBENCH_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HEAP="${BUSBENCH_KAFKA_HEAP:-1G}"
 NATS_HOST=127.0.0.1
-NATS_PORT=4222
-NATS_MONITOR_PORT=8222
+NATS_PORT="${BUSBENCH_NATS_PORT:-4222}"
+NATS_MONITOR_PORT="${BUSBENCH_NATS_MONITOR_PORT:-8222}"
 START_TIMEOUT_SECS="${BUSBENCH_BROKER_START_TIMEOUT:-120}"
 STOP_TIMEOUT_SECS=30
 
@@ -174,7 +186,7 @@ start_kafka() {
             || die "kafka: formatting the storage failed; see $KAFKA_DIR/kafka.log"
     fi
     log "kafka: starting Apache Kafka $KAFKA_VERSION on $KAFKA_HOST:$KAFKA_PORT (log: $KAFKA_DIR/kafka.log)"
-    nohup java -Xms1G -Xmx1G -XX:+UseG1GC -Djava.awt.headless=true "$log4j" \
+    nohup java "-Xms$KAFKA_HEAP" "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true "$log4j" \
         -cp "$cp" kafka.Kafka "$KAFKA_DIR/server.properties" >>"$KAFKA_DIR/kafka.log" 2>&1 </dev/null &
     echo $! >"$KAFKA_DIR/kafka.pid"
 }
@@ -286,12 +298,71 @@ cmd_status() {
     return $rc
 }
 
+# --- faults -----------------------------------------------------------------------------------
+
+# The pid of a broker this script started, checked against its command line; fails otherwise.
+managed_pid() { # name
+    local pidfile fragment pid
+    case "$1" in
+        kafka) pidfile="$KAFKA_DIR/kafka.pid"; fragment="$KAFKA_DIR/server.properties" ;;
+        nats) pidfile="$NATS_DIR/nats.pid"; fragment="$NATS_DIR/data" ;;
+        *) die "unknown broker '$1' (kafka or nats)" ;;
+    esac
+    pid_alive "$pidfile" || die "$1: not running under this script (no live pid in $pidfile)"
+    pid="$(cat "$pidfile")"
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$fragment" \
+        || die "$1: pid $pid is not the broker this script started"
+    echo "$pid"
+}
+
+cmd_start() { # name
+    mkdir -p "$KAFKA_DIR" "$NATS_DIR"
+    case "$1" in
+        kafka) ensure_kcat; start_kafka; wait_ready kafka kafka_answers "$KAFKA_DIR/kafka.pid" "$KAFKA_DIR/kafka.log" ;;
+        nats) start_nats; wait_ready nats nats_answers "$NATS_DIR/nats.pid" "$NATS_DIR/nats.log" ;;
+        *) die "unknown broker '$1' (kafka or nats)" ;;
+    esac
+}
+
+cmd_kill() { # name
+    local pid
+    pid="$(managed_pid "$1")"
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    log "$1: killed (SIGKILL, pid $pid)"
+}
+
+cmd_pause() { # name [seconds]
+    local pid
+    pid="$(managed_pid "$1")"
+    kill -STOP "$pid"
+    log "$1: paused (SIGSTOP, pid $pid)"
+    if [[ -n "${2:-}" ]]; then
+        sleep "${2%s}"
+        kill -CONT "$pid"
+        log "$1: resumed after ${2%s}s"
+    fi
+}
+
+cmd_resume() { # name
+    local pid
+    pid="$(managed_pid "$1")"
+    kill -CONT "$pid"
+    log "$1: resumed (SIGCONT, pid $pid)"
+}
+
 case "${1:-}" in
     up) cmd_up ;;
+    start) cmd_start "${2:-}" ;;
+    kill) cmd_kill "${2:-}" ;;
+    restart) cmd_kill "${2:-}"; cmd_start "${2:-}" ;;
+    pause) cmd_pause "${2:-}" "${3:-}" ;;
+    resume) cmd_resume "${2:-}" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     clean) cmd_clean ;;
     kafka-version) pid_alive "$KAFKA_DIR/kafka.pid" && echo "$KAFKA_VERSION" ;;
     nats-bin) ensure_nats >&2 && echo "$NATS_BIN" ;;
-    *) echo "usage: $0 up|down|status|clean|kafka-version|nats-bin" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|clean|kafka-version|nats-bin|start|kill|restart|pause|resume [NAME]" >&2; exit 2 ;;
 esac

@@ -152,8 +152,12 @@ pub struct Thresholds {
     /// Most acceptable failed publishes (refused, or whose acknowledgement failed or timed
     /// out). 0 by default; a scenario that restarts a broker on purpose allows the publishes
     /// caught in the outage. Acknowledged messages lost are never acceptable.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub max_publish_errors: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn full_success() -> f64 {
@@ -245,6 +249,53 @@ pub struct Scenario {
     /// How much worse than a baseline a run may be before `compare` calls it a regression.
     #[serde(default)]
     pub regression: RegressionThresholds,
+    /// Faults injected into every cell's measured phase (`[[faults]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// A `[[faults]]` entry: a command run at a set time into each cell's measured phase, such as
+/// `scripts/brokers.sh restart {backend}` or `kubectl delete pod kafka-0`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// When, into the measured phase, such as `"3s"`. A cell that finishes publishing and
+    /// draining earlier reports the fault as not reached.
+    pub at: String,
+    /// The command, run with `sh -c` in the current folder. `{backend}` becomes the cell's
+    /// backend (`kafka` or `nats`); a command naming `{backend}` is skipped in memory cells.
+    pub run: String,
+    /// Bound on the command, such as `"120s"`; a command still running then is killed and the
+    /// cell fails.
+    #[serde(default = "default_fault_timeout")]
+    pub timeout: String,
+}
+
+fn default_fault_timeout() -> String {
+    "120s".into()
+}
+
+impl Fault {
+    /// When the fault runs, into the measured phase.
+    pub fn at(&self) -> Duration {
+        parse_duration(&self.at).unwrap_or_default()
+    }
+
+    /// The bound on the command.
+    pub fn timeout(&self) -> Duration {
+        parse_duration(&self.timeout).unwrap_or(Duration::from_secs(120))
+    }
+
+    /// The command for a cell of `backend`, or `None` when it does not apply there.
+    pub fn command_for(&self, backend: BackendKind) -> Option<String> {
+        if self.run.contains("{backend}") {
+            if backend == BackendKind::Memory {
+                return None;
+            }
+            return Some(self.run.replace("{backend}", backend.name()));
+        }
+        Some(self.run.clone())
+    }
 }
 
 /// The `[regression]` section: how much worse than a baseline a run may be, in percent.
@@ -600,6 +651,73 @@ impl Scenario {
         }
         self.check_bounds(&fail)?;
         self.check_kafka_properties(&fail)?;
+        self.check_faults(path, source)?;
+        Ok(())
+    }
+
+    fn check_faults(&self, path: &Path, source: &str) -> Result<(), ScenarioError> {
+        // The n-th `[[faults]]` header starts entry n.
+        let headers: Vec<usize> = source
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line.trim() == "[[faults]]")
+            .map(|(index, _)| index)
+            .collect();
+        let line_of = |entry: usize, key: &str| {
+            let start = headers.get(entry).copied().unwrap_or(0);
+            source
+                .lines()
+                .enumerate()
+                .skip(start + 1)
+                .take_while(|(_, line)| !line.trim().starts_with('['))
+                .find(|(_, line)| {
+                    line.split_once('=')
+                        .is_some_and(|(name, _)| name.trim() == key)
+                })
+                .map_or(start + 1, |(index, _)| index + 1)
+        };
+        let timeout = self.timeout();
+        for (entry, fault) in self.faults.iter().enumerate() {
+            let fail = |key: &str, message: String| ScenarioError {
+                path: path.to_owned(),
+                line: line_of(entry, key),
+                key: format!("faults.{key}"),
+                message,
+            };
+            match parse_duration(&fault.at) {
+                Some(at) if at < timeout => {}
+                Some(_) => {
+                    return Err(fail(
+                        "at",
+                        format!(
+                            "{} is not before the cell's timeout of {}",
+                            fault.at, self.timeout
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(fail(
+                        "at",
+                        format!("{:?} is not a duration such as \"3s\"", fault.at),
+                    ));
+                }
+            }
+            match parse_duration(&fault.timeout) {
+                Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => {}
+                _ => {
+                    return Err(fail(
+                        "timeout",
+                        format!(
+                            "{:?} is not a positive duration such as \"120s\"",
+                            fault.timeout
+                        ),
+                    ));
+                }
+            }
+            if fault.run.trim().is_empty() {
+                return Err(fail("run", "names no command".into()));
+            }
+        }
         Ok(())
     }
 

@@ -74,6 +74,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
             allocated_bytes: Some(2048.0 * scale),
             context_switches: 0.05,
         },
+        faults: vec![],
         warnings: if scale == 1.5 {
             vec!["bus efficiency 125% is above 100% by more than the noise (5%): the bare-client ceiling was not a ceiling on this load; do not read it as the bus beating its client".into()]
         } else {

@@ -204,7 +204,8 @@ pub struct CellResult {
     pub lost: u64,
     /// Deliveries of a message already handled.
     pub duplicates: u64,
-    /// Envelopes handled out of their aggregate's publish order.
+    /// Envelopes handled after a later event of their aggregate (a version missing because
+    /// its publish failed is a gap, not a reordering).
     pub order_violations: u64,
     /// received / planned: the share of the planned messages handled end to end (0 when
     /// nothing was sent).
@@ -239,6 +240,9 @@ pub struct CellResult {
     /// the ceiling was not one). A warning does not fail the cell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Faults injected into the measured phase (`[[faults]]`), with what each did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultResult>,
     /// The figures of every run when the cell ran more than once; the cell's own figures are
     /// those of the run with the median end-to-end throughput.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +345,32 @@ pub fn per_second(count: u64, seconds: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// One fault injected into a cell, and what it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultResult {
+    /// The command run (`{backend}` replaced).
+    pub command: String,
+    /// When it was due, seconds into the measured phase.
+    pub at_seconds: f64,
+    /// When it started, seconds into the measured phase (absent when not reached).
+    pub started_seconds: Option<f64>,
+    /// When the command ended, seconds into the measured phase.
+    pub finished_seconds: Option<f64>,
+    /// The command's exit code.
+    pub exit_code: Option<i32>,
+    /// Why the fault did not run as planned (not reached, timed out, non-zero exit).
+    pub error: Option<String>,
+    /// Seconds from the fault's start until a message was handled again after handling
+    /// stopped (for at least 100 ms); 0 when handling never stopped; absent when no message
+    /// was handled after the fault.
+    pub recovery_seconds: Option<f64>,
+    /// Messages handled in each second from 2 s before the fault to 3 s after recovery: the
+    /// throughput dip.
+    pub handled_per_second: Vec<u64>,
+    /// Where `handled_per_second` starts, seconds into the measured phase.
+    pub window_start_seconds: f64,
 }
 
 /// The success rate: distinct planned messages handled over planned (0 when none planned).

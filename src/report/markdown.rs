@@ -121,6 +121,56 @@ impl Exporter for MarkdownExporter {
             writeln!(out, "![Latency by percentile]({chart})")?;
             writeln!(out)?;
         }
+        if result.cells.iter().any(|c| !c.faults.is_empty()) {
+            writeln!(out, "## Faults")?;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "Recovery runs from the fault's start to the first message handled after \
+                 handling stopped; lost counts acknowledged messages never handled (must be 0)."
+            )?;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "| cell | command | due s | ran s | recovery s | lost | duplicates | publish errors | handled per second (from s) |"
+            )?;
+            writeln!(out, "|---|---|---:|---|---:|---:|---:|---:|---|")?;
+            for cell in &result.cells {
+                for fault in &cell.faults {
+                    let ran = match (fault.started_seconds, fault.finished_seconds) {
+                        (Some(start), Some(end)) => format!("{start:.1} to {end:.1}"),
+                        (Some(start), None) => format!("{start:.1}, did not end"),
+                        _ => "not run".to_owned(),
+                    };
+                    let recovery = fault
+                        .recovery_seconds
+                        .map_or("none".to_owned(), |r| format!("{r:.1}"));
+                    let dip = fault
+                        .handled_per_second
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    writeln!(
+                        out,
+                        "| {}/{} | `{}` | {:.1} | {ran}{} | {recovery} | {} | {} | {} | {dip} (from {:.0}) |",
+                        cell.backend,
+                        cell.mode,
+                        fault.command,
+                        fault.at_seconds,
+                        fault
+                            .error
+                            .as_ref()
+                            .map_or(String::new(), |e| format!(" ({e})")),
+                        cell.lost,
+                        cell.duplicates,
+                        cell.publish_errors,
+                        fault.window_start_seconds,
+                    )?;
+                }
+            }
+            writeln!(out)?;
+        }
         let failed: Vec<_> = result
             .cells
             .iter()

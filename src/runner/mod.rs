@@ -6,6 +6,7 @@
 
 pub mod ceiling;
 mod environment;
+pub mod faults;
 pub mod load;
 mod progress;
 
@@ -393,6 +394,8 @@ struct Measured {
     teardown_cut: Option<String>,
     /// Work counters at the first send and when the last message was handled.
     work: (resources::WorkCounters, resources::WorkCounters),
+    /// The faults injected into the measured phase.
+    fault_runs: Vec<faults::FaultRun>,
 }
 
 /// How a cell failed before its measured phase produced figures.
@@ -513,6 +516,7 @@ async fn drive(
     let mut subscriptions = Vec::new();
     let result = measure(
         scenario,
+        backend,
         mode,
         &bus,
         &topics,
@@ -568,6 +572,7 @@ async fn drive(
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     scenario: &Scenario,
+    backend: BackendKind,
     mode: Mode,
     bus: &Arc<EventBus>,
     topics: &Arc<[String]>,
@@ -681,6 +686,26 @@ async fn measure(
     });
     let work_at_start = resources::WorkCounters::read();
     let first_send_nanos = recorder.now_nanos();
+    let phase_start = tokio::time::Instant::now();
+    let phase_over = CancellationToken::new();
+    let fault_tasks: Vec<_> = scenario
+        .faults
+        .iter()
+        .filter_map(|fault| {
+            let command = fault.command_for(backend)?;
+            Some(tokio::spawn(faults::run(
+                faults::PlannedFault {
+                    command,
+                    at: fault.at(),
+                    timeout: fault.timeout(),
+                },
+                recorder.clone(),
+                phase_start,
+                phase_over.clone(),
+                deadline,
+            )))
+        })
+        .collect();
     let publishers: Vec<_> = (0..scenario.publishers)
         .map(|index| {
             tokio::spawn(load::publish(
@@ -729,6 +754,14 @@ async fn measure(
     completed &= !interrupted();
     stop.cancel();
     let _ = watchdog.await;
+    // Faults not yet due are not reached; one still running ends by its own bound.
+    phase_over.cancel();
+    let mut fault_runs = Vec::new();
+    for task in fault_tasks {
+        if let Ok(run) = task.await {
+            fault_runs.push(run);
+        }
+    }
     let work_at_end = resources::WorkCounters::read();
     let tasks_at_end = tokio::runtime::Handle::current()
         .metrics()
@@ -757,6 +790,7 @@ async fn measure(
         close_error: None,
         teardown_cut: None,
         work: (work_at_start, work_at_end),
+        fault_runs,
     })
 }
 
@@ -781,12 +815,11 @@ fn run_cell(
     let cpu_before = resources::cpu_time();
     let total = scenario.total_messages();
     let epoch = Instant::now();
-    let recorder = Arc::new(Recorder::new(
-        epoch,
-        total,
-        scenario.aggregates,
-        mode == Mode::Envelope,
-    ));
+    let mut recorder = Recorder::new(epoch, total, scenario.aggregates, mode == Mode::Envelope);
+    if !scenario.faults.is_empty() {
+        recorder = recorder.with_timeline(scenario.timeout() + Duration::from_secs(10));
+    }
+    let recorder = Arc::new(recorder);
     let bar = progress::CellProgress::new(options.progress, backend, mode, total);
     let sent_counter = Arc::new(AtomicU64::new(0));
     sampler.watch(recorder.clone(), sent_counter.clone(), bar.clone());
@@ -953,8 +986,20 @@ fn run_cell(
             m.work.1.per_message_since(&m.work.0, received.distinct)
         }),
         warnings: Vec::new(),
+        faults: Vec::new(),
         repeats: None,
     };
+    if let Some(m) = &measured {
+        let timeline = recorder.timeline();
+        for run in &m.fault_runs {
+            let fault = faults::analyse(run, &timeline);
+            if let Some(error) = &fault.error {
+                cell.failures
+                    .push(format!("fault `{}`: {error}", fault.command));
+            }
+            cell.faults.push(fault);
+        }
+    }
     apply_thresholds(&mut cell, scenario);
     for line in cell.failures.iter_mut().chain(cell.warnings.iter_mut()) {
         *line = crate::redact::text(line);
@@ -964,6 +1009,18 @@ fn run_cell(
         if measured.is_some() {
             cell.failures.insert(0, "interrupted".into());
         }
+    }
+    for fault in &cell.faults {
+        eprintln!(
+            "busbench: {backend}/{mode}: fault `{}` at {:.1}s: recovery {}, {} acknowledged lost, {} duplicates",
+            fault.command,
+            fault.started_seconds.unwrap_or(fault.at_seconds),
+            fault
+                .recovery_seconds
+                .map_or("none".to_owned(), |r| format!("{r:.1}s")),
+            cell.lost,
+            cell.duplicates
+        );
     }
     if !options.progress {
         eprintln!(
