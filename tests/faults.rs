@@ -506,7 +506,7 @@ fn output_problems_are_found_before_the_run() {
         "nothing ran before the check: {stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    // A name too long for a file name.
+    // A name too long for the report file names: refused with the scenario's own checks.
     let long = scenario(
         dir.path(),
         &format!(
@@ -521,7 +521,10 @@ fn output_problems_are_found_before_the_run() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("file name"), "{stderr}");
+    assert!(
+        stderr.contains("scenario.toml:1: key `name`") && stderr.contains("report files"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -195,3 +195,45 @@ fn an_efficiency_above_one_is_marked_and_never_best() {
     assert!(markdown.contains("## Warnings"));
     assert!(markdown.contains("kafka/envelope: bus efficiency 125%"));
 }
+
+#[test]
+fn a_failed_write_leaves_no_temporary_file_and_names_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // The markdown's name is taken by a folder, as a write that fails midway (a full disk)
+    // would leave it: the JSON and the chart are written, the markdown is not.
+    std::fs::create_dir(dir.path().join("fixture-20260101T000000Z.md")).unwrap();
+    std::fs::write(dir.path().join("fixture-20260101T000000Z.md/keep"), b"x").unwrap();
+    let error = busbench::report::write_reports(&fixture(), dir.path()).unwrap_err();
+    let names: Vec<String> = error
+        .written
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fixture-20260101T000000Z.json",
+            "fixture-20260101T000000Z-latency.svg"
+        ]
+    );
+    assert!(error.to_string().contains("written before the failure"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn reports_of_the_same_second_get_their_own_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = busbench::report::write_reports(&fixture(), dir.path()).unwrap();
+    let second = busbench::report::write_reports(&fixture(), dir.path()).unwrap();
+    assert_ne!(first, second);
+    assert!(
+        second[0]
+            .to_string_lossy()
+            .ends_with("fixture-20260101T000000Z-2.json")
+    );
+}
