@@ -234,7 +234,8 @@ pub struct Scenario {
     /// Bound on one cell, such as `"120s"`; a cell not finished by then fails.
     #[serde(default = "default_timeout")]
     pub timeout: String,
-    /// Also measure the bare client (no bus) as the ceiling.
+    /// Also measure the client alone (no bus): the client ceiling (with acks or commits and
+    /// the harness's accounting) and the bare client.
     #[serde(default = "yes")]
     pub ceiling: bool,
     /// Kafka settings.

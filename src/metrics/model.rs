@@ -228,8 +228,15 @@ pub struct CellResult {
     pub threads: Threads,
     /// Process CPU time (user + system) per handled message, microseconds.
     pub cpu_us_per_msg: f64,
-    /// End-to-end throughput of the bare client (no bus) on the same broker and load.
+    /// End-to-end throughput of the client alone (no bus) on the same broker and load,
+    /// paying what the bus's guarantee and the harness need: NATS acks, Kafka commits at the
+    /// bus's cadence, and the per-message accounting. The bus's efficiency is measured
+    /// against this.
     pub ceiling_msgs_per_sec: Option<f64>,
+    /// End-to-end throughput of the bare client on the same broker and load: no acks, no
+    /// commits, no accounting; the client's raw limit, shown beside the ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare_client_msgs_per_sec: Option<f64>,
     /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
     pub efficiency: Option<f64>,
     /// Work the process did per handled message during the measured phase, figures that do

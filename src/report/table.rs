@@ -221,7 +221,13 @@ fn metrics() -> Vec<Metric> {
             format: count,
         },
         Metric {
-            name: "bare-client msg/s",
+            name: "no-ack client msg/s",
+            better: Better::Higher,
+            value: |c| c.bare_client_msgs_per_sec,
+            format: rate,
+        },
+        Metric {
+            name: "client ceiling msg/s",
             better: Better::Higher,
             value: |c| c.ceiling_msgs_per_sec,
             format: rate,

@@ -1,17 +1,28 @@
-//! The ceiling: the same raw load through the bare client (rdkafka, async-nats, a tokio
-//! channel for memory), without the bus, against the same broker in the same run. The bus's
-//! efficiency is its end-to-end throughput divided by this.
+//! The ceiling: the same raw load through the client alone (rdkafka, async-nats, a tokio
+//! channel for memory), without the bus, against the same broker in the same run.
+//!
+//! Two figures. The client ceiling pays for what the bus's guarantee and the harness need, so
+//! that the bus is judged against the same work: NATS explicit acks of every message, Kafka
+//! offset commits at the bus's cadence, and the harness's per-message accounting (stamp
+//! decode, HDR record, loss and duplicate bitmaps). The bus's efficiency is its end-to-end
+//! throughput divided by this. The bare client (no acks, no commits, no accounting) shows the
+//! client's raw limit beside it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use async_nats::jetstream;
+
 use crate::bus::{BackendConfig, BusConfig};
-use crate::metrics::recorder::Stamp;
+use crate::metrics::recorder::{Recorder, Stamp};
 
 /// The load of a ceiling run.
 #[derive(Debug, Clone)]
@@ -23,12 +34,18 @@ pub struct CeilingLoad {
     pub warmup: u64,
     /// Payload size.
     pub payload_bytes: usize,
-    /// Acknowledgements in flight.
+    /// Acknowledgements in flight, over all publishers.
     pub max_in_flight: usize,
+    /// Publishing tasks, each with its share of the messages and of the window, as in the
+    /// cells.
+    pub publishers: u32,
     /// A topic name no one else uses.
     pub topic: String,
     /// Bound on the whole run.
     pub timeout: Duration,
+    /// The client ceiling (acks, commits and the harness's accounting) rather than the bare
+    /// client.
+    pub fair: bool,
 }
 
 /// How long removing the ceiling's topic or stream may take once the run ended.
@@ -45,12 +62,25 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Ceil
         _ = super::until_interrupted() => return Err(CeilingError::Failed("interrupted".into())),
     };
     reachable.map_err(CeilingError::Unreachable)?;
+    let recorder = load
+        .fair
+        .then(|| Arc::new(Recorder::new(Instant::now(), load.messages, 1, false)));
     let run = async {
-        match &config.backend {
-            BackendConfig::Memory(_) => memory(load).await,
-            BackendConfig::Kafka(kafka) => kafka_ceiling(kafka, load).await,
-            BackendConfig::Nats(nats) => nats_ceiling(nats, load).await,
+        let rate = match &config.backend {
+            BackendConfig::Memory(_) => memory(load, recorder.clone()).await,
+            BackendConfig::Kafka(kafka) => kafka_ceiling(kafka, load, recorder.clone()).await,
+            BackendConfig::Nats(nats) => nats_ceiling(nats, load, recorder.clone()).await,
+        }?;
+        if let Some(recorder) = &recorder {
+            let handled = recorder.distinct();
+            if handled != load.messages {
+                return Err(format!(
+                    "the client ceiling handled {handled} of {} messages",
+                    load.messages
+                ));
+            }
         }
+        Ok(rate)
     };
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(load.timeout, run) => outcome.unwrap_or_else(|_| {
@@ -157,39 +187,144 @@ fn nats_stream_name(load: &CeilingLoad) -> String {
     format!("CEILING_{}", load.topic.replace(['.', '*', '>'], "_"))
 }
 
-/// Counts messages off a consumer stream until `messages` arrived (transient errors skipped);
-/// returns when the last one did.
-async fn receive_all<S, T, E>(stream: &mut S, messages: u64) -> Result<Instant, String>
-where
-    S: futures::Stream<Item = Result<T, E>> + Unpin,
-{
+/// Receives `messages` from a NATS pull consumer (transient errors skipped); with a recorder,
+/// accounts for each message and acks it, as the bus does after its handler. Returns when the
+/// last one arrived.
+async fn nats_receive(
+    stream: &mut async_nats::jetstream::consumer::pull::Stream,
+    messages: u64,
+    recorder: Option<&Recorder>,
+) -> Result<Instant, String> {
+    // Acks are sent from a task of their own, as the bus acks from its workers while its
+    // fetch task goes on receiving.
+    let (acks, mut to_ack) = tokio::sync::mpsc::channel::<jetstream::message::Acker>(4096);
+    let acker = recorder.map(|_| {
+        tokio::spawn(async move {
+            while let Some(acker) = to_ack.recv().await {
+                if let Err(e) = acker.ack().await {
+                    return Err(format!("acking: {e}"));
+                }
+            }
+            Ok(())
+        })
+    });
     let mut received = 0u64;
     while received < messages {
         match stream.next().await {
-            Some(Ok(_)) => received += 1,
-            Some(Err(_)) => continue,
-            None => {
-                return Err(format!(
-                    "the consumer stream ended after {received} of {messages} messages"
-                ));
+            Some(Ok(message)) => {
+                if let Some(recorder) = recorder {
+                    let (message, acker) = message.split();
+                    recorder.on_message(&message.payload);
+                    if acks.send(acker).await.is_err() {
+                        break;
+                    }
+                }
+                received += 1;
             }
+            Some(Err(_)) => continue,
+            None => return Err(ended(received, messages)),
+        }
+    }
+    let end = Instant::now();
+    drop(acks);
+    if let Some(acker) = acker {
+        acker.await.map_err(|e| e.to_string())??;
+    }
+    if received < messages {
+        return Err(ended(received, messages));
+    }
+    Ok(end)
+}
+
+fn ended(received: u64, messages: u64) -> String {
+    format!("the consumer stream ended after {received} of {messages} messages")
+}
+
+/// The next offsets to commit, per partition, and when they were last committed: the bus's
+/// commit cadence, for the client ceiling.
+struct KafkaCommits {
+    interval: Duration,
+    state: std::sync::Mutex<(HashMap<i32, i64>, Instant)>,
+}
+
+impl KafkaCommits {
+    fn new(interval: Duration) -> Self {
+        KafkaCommits {
+            interval,
+            state: std::sync::Mutex::new((HashMap::new(), Instant::now())),
+        }
+    }
+
+    /// Records a handled offset; commits every partition's next offset once per interval.
+    fn handled(&self, consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0.insert(partition, offset + 1);
+        if state.1.elapsed() >= self.interval {
+            let mut list = rdkafka::TopicPartitionList::new();
+            for (partition, next) in &state.0 {
+                let _ =
+                    list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next));
+            }
+            let _ = consumer.commit(&list, rdkafka::consumer::CommitMode::Async);
+            state.1 = Instant::now();
+        }
+    }
+}
+
+/// Receives `messages` from a Kafka consumer (transient errors skipped); with a recorder,
+/// accounts for each message and commits offsets at the bus's cadence. Returns when the last
+/// one arrived.
+async fn kafka_receive(
+    consumer: &StreamConsumer,
+    stream: &mut rdkafka::consumer::MessageStream<'_, rdkafka::consumer::DefaultConsumerContext>,
+    messages: u64,
+    recorder: Option<&Recorder>,
+    commits: Option<&KafkaCommits>,
+) -> Result<Instant, String> {
+    use rdkafka::Message as _;
+    let mut received = 0u64;
+    while received < messages {
+        match stream.next().await {
+            Some(Ok(message)) => {
+                if let Some(recorder) = recorder {
+                    recorder.on_message(message.payload().unwrap_or_default());
+                }
+                if let Some(commits) = commits {
+                    commits.handled(
+                        consumer,
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    );
+                }
+                received += 1;
+            }
+            Some(Err(_)) => continue,
+            None => return Err(ended(received, messages)),
         }
     }
     Ok(Instant::now())
 }
 
-fn payload(load: &CeilingLoad, seq: u64) -> bytes::Bytes {
-    Stamp {
-        intended_nanos: 0,
-        seq,
-        aggregate: 0,
-        version: 0,
-    }
-    .payload(load.payload_bytes)
+/// Message `seq` of the warm-up or of the measured load, stamped with its send time when the
+/// harness accounts for it.
+fn payload(load: &CeilingLoad, seq: u64, warmup: bool, recorder: Option<&Recorder>) -> Bytes {
+    let stamp = if warmup {
+        Stamp::warmup(seq)
+    } else {
+        Stamp {
+            intended_nanos: recorder.map_or(0, Recorder::now_nanos),
+            seq,
+            aggregate: 0,
+            version: 0,
+        }
+    };
+    stamp.payload(load.payload_bytes)
 }
 
-async fn memory(load: &CeilingLoad) -> Result<f64, String> {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(load.max_in_flight.max(1));
+async fn memory(load: &CeilingLoad, recorder: Option<Arc<Recorder>>) -> Result<f64, String> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(load.max_in_flight.max(1));
+    let consumer_recorder = recorder.clone();
     let (warmed, warmed_up) = tokio::sync::oneshot::channel();
     let mut warmed = Some(warmed);
     let (warmup, messages) = (load.warmup, load.messages);
@@ -202,7 +337,12 @@ async fn memory(load: &CeilingLoad) -> Result<f64, String> {
                 let _ = warmed.send(());
             }
             match receiver.recv().await {
-                Some(_payload) => received += 1,
+                Some(payload) => {
+                    if let Some(recorder) = &consumer_recorder {
+                        recorder.on_message(&payload);
+                    }
+                    received += 1;
+                }
                 None => break,
             }
         }
@@ -210,7 +350,7 @@ async fn memory(load: &CeilingLoad) -> Result<f64, String> {
     });
     for seq in 0..warmup {
         sender
-            .send(payload(load, seq))
+            .send(payload(load, seq, true, None))
             .await
             .map_err(|_| "the channel closed".to_owned())?;
     }
@@ -222,7 +362,7 @@ async fn memory(load: &CeilingLoad) -> Result<f64, String> {
     let start = Instant::now();
     for seq in 0..messages {
         sender
-            .send(payload(load, seq))
+            .send(payload(load, seq, false, recorder.as_deref()))
             .await
             .map_err(|_| "the channel closed".to_owned())?;
     }
@@ -230,7 +370,11 @@ async fn memory(load: &CeilingLoad) -> Result<f64, String> {
     Ok(received as f64 / (end - start).as_secs_f64())
 }
 
-async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> Result<f64, String> {
+async fn kafka_ceiling(
+    kafka: &crate::bus::KafkaConfig,
+    load: &CeilingLoad,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<f64, String> {
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -284,31 +428,89 @@ async fn kafka_ceiling(kafka: &crate::bus::KafkaConfig, load: &CeilingLoad) -> R
         }
     }
     let mut stream = consumer.stream();
+    let commits = recorder
+        .as_ref()
+        .map(|_| KafkaCommits::new(kafka.commit_interval));
     if load.warmup > 0 {
         tokio::try_join!(
-            kafka_send(&producer, load, load.warmup),
-            receive_all(&mut stream, load.warmup)
+            kafka_send_all(&producer, load, load.warmup, true, recorder.clone()),
+            kafka_receive(
+                &consumer,
+                &mut stream,
+                load.warmup,
+                recorder.as_deref(),
+                commits.as_ref()
+            )
         )?;
     }
     let messages = load.messages;
     let start = Instant::now();
     let ((), end) = tokio::try_join!(
-        kafka_send(&producer, load, messages),
-        receive_all(&mut stream, messages)
+        kafka_send_all(&producer, load, messages, false, recorder.clone()),
+        kafka_receive(
+            &consumer,
+            &mut stream,
+            messages,
+            recorder.as_deref(),
+            commits.as_ref()
+        )
     )?;
     Ok(messages as f64 / (end - start).as_secs_f64())
 }
 
-/// Sends `messages` records with at most `max_in_flight` deliveries outstanding, and waits
-/// for the last delivery report.
-async fn kafka_send(
+/// Sends `messages` records from the load's publishers, each with its share of the window.
+async fn kafka_send_all(
     producer: &FutureProducer,
     load: &CeilingLoad,
     messages: u64,
+    warmup: bool,
+    recorder: Option<Arc<Recorder>>,
 ) -> Result<(), String> {
-    let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
-    for seq in 0..messages {
-        let body = payload(load, seq);
+    from_publishers(load, messages, |seqs, window| {
+        let (producer, load, recorder) = (producer.clone(), load.clone(), recorder.clone());
+        async move { kafka_send(&producer, &load, seqs, window, warmup, recorder.as_deref()).await }
+    })
+    .await
+}
+
+/// Runs the load's publishers as tasks of their own, each sending its share of `messages`
+/// with its share of the in-flight window; the first error ends the wait.
+async fn from_publishers<Send, Fut>(
+    load: &CeilingLoad,
+    messages: u64,
+    send: Send,
+) -> Result<(), String>
+where
+    Send: Fn(std::ops::Range<u64>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + std::marker::Send + 'static,
+{
+    let publishers = load.publishers.max(1);
+    let window = load.max_in_flight.div_ceil(publishers as usize).max(1);
+    let tasks: Vec<_> = (0..publishers)
+        .map(|index| {
+            let (first, count) = super::load::share(messages, publishers, index);
+            tokio::spawn(send(first..first + count, window))
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Sends the records `seqs` with at most `window` deliveries outstanding, and waits for the
+/// last delivery report.
+async fn kafka_send(
+    producer: &FutureProducer,
+    load: &CeilingLoad,
+    seqs: std::ops::Range<u64>,
+    window: usize,
+    warmup: bool,
+    recorder: Option<&Recorder>,
+) -> Result<(), String> {
+    let mut in_flight = VecDeque::with_capacity(window);
+    for seq in seqs {
+        let body = payload(load, seq, warmup, recorder);
         let mut record: FutureRecord<'_, (), [u8]> =
             FutureRecord::to(&load.topic).payload(&body[..]);
         loop {
@@ -329,7 +531,7 @@ async fn kafka_send(
                 Err((error, _)) => return Err(format!("producing: {error}")),
             }
         }
-        if in_flight.len() >= load.max_in_flight
+        if in_flight.len() >= window
             && let Some(delivery) = in_flight.pop_front()
         {
             delivery
@@ -347,7 +549,11 @@ async fn kafka_send(
     Ok(())
 }
 
-async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Result<f64, String> {
+async fn nats_ceiling(
+    nats: &crate::bus::NatsConfig,
+    load: &CeilingLoad,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<f64, String> {
     use async_nats::jetstream::{self, consumer, stream};
     let client = async_nats::connect(nats.url.as_str())
         .await
@@ -372,7 +578,14 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
             "ceiling",
             consumer::pull::Config {
                 durable_name: Some("ceiling".into()),
-                ack_policy: consumer::AckPolicy::None,
+                // The client ceiling acks every message, as the bus does after its handler.
+                ack_policy: if recorder.is_some() {
+                    consumer::AckPolicy::Explicit
+                } else {
+                    consumer::AckPolicy::None
+                },
+                ack_wait: nats.ack_wait,
+                max_ack_pending: nats.max_ack_pending,
                 ..Default::default()
             },
         )
@@ -386,36 +599,54 @@ async fn nats_ceiling(nats: &crate::bus::NatsConfig, load: &CeilingLoad) -> Resu
         .map_err(|e| e.to_string())?;
     if load.warmup > 0 {
         tokio::try_join!(
-            nats_send(&context, load, load.warmup),
-            receive_all(&mut messages_stream, load.warmup)
+            nats_send_all(&context, load, load.warmup, true, recorder.clone()),
+            nats_receive(&mut messages_stream, load.warmup, recorder.as_deref())
         )?;
     }
     let messages = load.messages;
     let start = Instant::now();
     let ((), end) = tokio::try_join!(
-        nats_send(&context, load, messages),
-        receive_all(&mut messages_stream, messages)
+        nats_send_all(&context, load, messages, false, recorder.clone()),
+        nats_receive(&mut messages_stream, messages, recorder.as_deref())
     )?;
     drop(messages_stream);
     let _ = client.drain().await;
     Ok(messages as f64 / (end - start).as_secs_f64())
 }
 
-/// Publishes `messages` with at most `max_in_flight` acknowledgements outstanding, and waits
-/// for the last one.
-async fn nats_send(
+/// Publishes `messages` from the load's publishers, each with its share of the window.
+async fn nats_send_all(
     context: &async_nats::jetstream::Context,
     load: &CeilingLoad,
     messages: u64,
+    warmup: bool,
+    recorder: Option<Arc<Recorder>>,
 ) -> Result<(), String> {
-    let mut in_flight = VecDeque::with_capacity(load.max_in_flight);
-    for seq in 0..messages {
+    from_publishers(load, messages, |seqs, window| {
+        let (context, load, recorder) = (context.clone(), load.clone(), recorder.clone());
+        async move { nats_send(&context, &load, seqs, window, warmup, recorder.as_deref()).await }
+    })
+    .await
+}
+
+/// Publishes the messages `seqs` with at most `window` acknowledgements outstanding, and
+/// waits for the last one.
+async fn nats_send(
+    context: &async_nats::jetstream::Context,
+    load: &CeilingLoad,
+    seqs: std::ops::Range<u64>,
+    window: usize,
+    warmup: bool,
+    recorder: Option<&Recorder>,
+) -> Result<(), String> {
+    let mut in_flight = VecDeque::with_capacity(window);
+    for seq in seqs {
         let ack = context
-            .publish(load.topic.clone(), payload(load, seq))
+            .publish(load.topic.clone(), payload(load, seq, warmup, recorder))
             .await
             .map_err(|e| e.to_string())?;
         in_flight.push_back(ack);
-        if in_flight.len() >= load.max_in_flight
+        if in_flight.len() >= window
             && let Some(ack) = in_flight.pop_front()
         {
             ack.await.map_err(|e| e.to_string())?;

@@ -144,6 +144,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     };
     let mut infrastructure_failure = false;
     let mut ceilings: BTreeMap<BackendKind, Result<f64, String>> = BTreeMap::new();
+    let mut bare_ceilings: BTreeMap<BackendKind, f64> = BTreeMap::new();
     // Backends the ceiling found unreachable: their cells fail at once with that error.
     let mut unreachable_backends: BTreeMap<BackendKind, String> = BTreeMap::new();
     let mut cells = Vec::new();
@@ -152,19 +153,26 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         if scenario.ceiling {
             // As many ceiling runs as cell runs, and their median: one slow ceiling run must
             // not move every efficiency figure of the backend.
-            let mut measured = Vec::new();
+            let (mut measured, mut bare) = (Vec::new(), Vec::new());
             let mut failure = None;
-            for attempt in 0..options.repeat.max(1) {
-                match measure_ceiling(scenario, backend, options, &format!("{run_id}c{attempt}")) {
-                    Ok(value) => measured.push(value),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
+            'attempts: for attempt in 0..options.repeat.max(1) {
+                for fair in [true, false] {
+                    let id = format!("{run_id}c{attempt}{}", if fair { "" } else { "-bare" });
+                    match measure_ceiling(scenario, backend, options, &id, fair) {
+                        Ok(value) if fair => measured.push(value),
+                        Ok(value) => bare.push(value),
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'attempts;
+                        }
+                    }
+                    if interrupted() {
+                        break 'attempts;
                     }
                 }
-                if interrupted() {
-                    break;
-                }
+            }
+            if !bare.is_empty() {
+                bare_ceilings.insert(backend, crate::metrics::model::median(&bare));
             }
             if let Some(ceiling::CeilingError::Unreachable(e)) = &failure {
                 unreachable_backends.insert(backend, e.clone());
@@ -172,7 +180,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             let value = match failure.map(|e| e.to_string()) {
                 Some(e) => {
                     let e = crate::redact::text(&e);
-                    eprintln!("busbench: {backend}: bare-client ceiling failed: {e}");
+                    eprintln!("busbench: {backend}: client ceiling failed: {e}");
                     Err(e)
                 }
                 None => Ok(crate::metrics::model::median(&measured)),
@@ -215,9 +223,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 && !unreachable_backends.contains_key(&backend)
             {
                 cell.failures
-                    .push(format!("the bare-client ceiling failed: {error}"));
+                    .push(format!("the client ceiling failed: {error}"));
                 cell.status = CellStatus::Failed;
             }
+            cell.bare_client_msgs_per_sec = bare_ceilings.get(&backend).copied();
             flag_suspect_efficiency(&mut cell);
             cells.push(cell);
         }
@@ -319,7 +328,7 @@ fn representative(mut runs: Vec<CellResult>) -> CellResult {
 /// called a measurement error.
 const EFFICIENCY_ALLOWANCE: f64 = 0.05;
 
-/// Flags an efficiency above 1 by more than the noise: the bus cannot beat the bare client
+/// Flags an efficiency above 1 by more than the noise: the bus cannot beat its client
 /// doing the same load, so such a figure says the ceiling was not measured as one.
 pub fn flag_suspect_efficiency(cell: &mut CellResult) {
     let Some(efficiency) = cell.efficiency else {
@@ -334,7 +343,7 @@ pub fn flag_suspect_efficiency(cell: &mut CellResult) {
     if efficiency > 1.0 + noise {
         cell.warnings.push(format!(
             "bus efficiency {:.0}% is above 100% by more than the noise ({:.0}%): the \
-             bare-client ceiling was not a ceiling on this load; do not read it as the bus \
+             client ceiling was not a ceiling on this load; do not read it as the bus \
              beating its client",
             efficiency * 100.0,
             noise * 100.0
@@ -356,6 +365,7 @@ fn measure_ceiling(
     backend: BackendKind,
     options: &RunOptions,
     run_id: &str,
+    fair: bool,
 ) -> Result<f64, ceiling::CeilingError> {
     let runtime = new_runtime();
     let config = bus_config(scenario, backend, options);
@@ -366,6 +376,8 @@ fn measure_ceiling(
         max_in_flight: scenario.max_in_flight,
         topic: format!("busbench.{}.{run_id}.ceiling", scenario.name),
         timeout: scenario.timeout(),
+        publishers: scenario.publishers,
+        fair,
     };
     let outcome = runtime.block_on(ceiling::measure(&config, &load));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -981,6 +993,7 @@ fn run_cell(
             0.0
         },
         ceiling_msgs_per_sec: ceiling,
+        bare_client_msgs_per_sec: None,
         efficiency: ceiling.filter(|c| *c > 0.0).map(|c| e2e_rate / c),
         work_per_msg: measured.as_ref().map_or_else(Default::default, |m| {
             m.work.1.per_message_since(&m.work.0, received.distinct)
