@@ -515,7 +515,7 @@ fn run(args: RunArgs) -> i32 {
             }
         },
     };
-    if let Err(error) = report::check_output_dir(&args.out, &scenario.name) {
+    if let Err(error) = report::check_output_dir(&args.out) {
         eprintln!("error: --out {}: {error:#}", args.out.display());
         return EXIT_USAGE;
     }

@@ -5,16 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn busbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_busbench"))
-        .args(args)
-        .env("BUSBENCH_KAFKA_BOOTSTRAP", common::kafka_bootstrap())
-        .env("BUSBENCH_NATS_URL", common::nats_url())
-        .output()
-        .expect("running busbench")
-}
+use common::busbench;
 
 const HEAD: &str = "name = \"bad\"\nbackends = [\"memory\"]\nmodes = [\"raw\"]\n";
 

@@ -4,16 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn busbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_busbench"))
-        .args(args)
-        .env("BUSBENCH_KAFKA_BOOTSTRAP", common::kafka_bootstrap())
-        .env("BUSBENCH_NATS_URL", common::nats_url())
-        .output()
-        .expect("running busbench")
-}
+use common::busbench;
 
 fn project(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

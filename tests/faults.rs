@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn busbench() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_busbench"));
-    command
-        .env("BUSBENCH_KAFKA_BOOTSTRAP", common::kafka_bootstrap())
-        .env("BUSBENCH_NATS_URL", common::nats_url())
-        .env_remove("BUSBENCH_SLOWDOWN_NS");
-    command
-}
+use common::busbench_command as busbench;
 
 /// A nats-server of this test's own, with JetStream on a file store.
 struct PrivateNats {
@@ -433,23 +426,11 @@ fn a_closed_stdout_does_not_stop_the_run_or_its_reports() {
         "name = \"piped\"\nbackends = [\"memory\"]\nmodes = [\"raw\"]\nmessages = 2000\n\
          ceiling = false\n",
     );
-    let mut child = busbench()
-        .args(["run", file.to_str().unwrap(), "--no-progress", "--out"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // `| true`: the reader goes away before anything is written.
-    drop(child.stdout.take());
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let (code, _) = wait_with_bound(&mut child, Duration::from_secs(60));
+    let mut run = busbench();
+    run.args(["run", file.to_str().unwrap(), "--no-progress", "--out"])
+        .arg(dir.path());
+    let (code, stderr) = with_stdout_closed(run, Duration::from_secs(60));
     assert_eq!(code, Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let json = only_result(dir.path());
@@ -459,24 +440,31 @@ fn a_closed_stdout_does_not_stop_the_run_or_its_reports() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json"))
         .unwrap();
-    let mut compare = busbench()
-        .arg("compare")
-        .args([&path, &path])
+    let mut compare = busbench();
+    compare.arg("compare").args([&path, &path]);
+    let (code, stderr) = with_stdout_closed(compare, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(json["passed"], true);
+}
+
+/// Runs `command` with its standard output closed from the start; returns its exit code and
+/// standard error.
+fn with_stdout_closed(mut command: Command, bound: Duration) -> (Option<i32>, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(compare.stdout.take());
+    drop(child.stdout.take());
     let mut stderr = String::new();
-    compare
+    child
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    let (code, _) = wait_with_bound(&mut compare, Duration::from_secs(30));
-    assert_eq!(code, Some(0), "stderr: {stderr}");
-    assert_eq!(json["passed"], true);
+    let (code, _) = wait_with_bound(&mut child, bound);
+    (code, stderr)
 }
 
 #[test]

@@ -475,14 +475,14 @@ async fn kafka_send_all(
 
 /// Runs the load's publishers as tasks of their own, each sending its share of `messages`
 /// with its share of the in-flight window; the first error ends the wait.
-async fn from_publishers<Send, Fut>(
+async fn from_publishers<Spawn, Fut>(
     load: &CeilingLoad,
     messages: u64,
-    send: Send,
+    send: Spawn,
 ) -> Result<(), String>
 where
-    Send: Fn(std::ops::Range<u64>, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>> + std::marker::Send + 'static,
+    Spawn: Fn(std::ops::Range<u64>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     let publishers = load.publishers.max(1);
     let window = load.max_in_flight.div_ceil(publishers as usize).max(1);

@@ -743,12 +743,13 @@ async fn measure(
     let sent = sent_counter.load(Ordering::Acquire);
     let unconfirmed: u64 = reports.iter().map(|r| r.unconfirmed).sum();
     let publish_errors: u64 = reports.iter().map(|r| r.errors).sum();
+    let acknowledged: u64 = reports.iter().map(|r| r.acknowledged).sum();
     // Drain: every acknowledged message must be handled; messages whose acknowledgement
     // failed may still have been stored, so they get a short grace to arrive too.
     let mut completed = !stopped_early
         && publisher_failures == 0
         && bounded(deadline, async {
-            while !recorder.all_acknowledged_handled() {
+            while !recorder.all_acknowledged_handled(acknowledged) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
@@ -788,7 +789,7 @@ async fn measure(
     }
     Ok(Measured {
         sent,
-        acknowledged: reports.iter().map(|r| r.acknowledged).sum(),
+        acknowledged,
         publish_errors,
         unconfirmed,
         first_error,

@@ -1,7 +1,27 @@
 //! Helpers shared by the integration tests: broker addresses and unique names.
 #![allow(dead_code)]
 
+use std::process::{Command, Output};
+
 use busbench::bus::BusConfig;
+
+/// The busbench binary, pointed at the test brokers, with no test switch inherited.
+pub fn busbench_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_busbench"));
+    command
+        .env("BUSBENCH_KAFKA_BOOTSTRAP", kafka_bootstrap())
+        .env("BUSBENCH_NATS_URL", nats_url())
+        .env_remove("BUSBENCH_SLOWDOWN_NS");
+    command
+}
+
+/// Runs busbench with `args` to the end.
+pub fn busbench(args: &[&str]) -> Output {
+    busbench_command()
+        .args(args)
+        .output()
+        .expect("running busbench")
+}
 
 /// Kafka bootstrap servers of the test brokers (`scripts/brokers.sh up`).
 pub fn kafka_bootstrap() -> String {
