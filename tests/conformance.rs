@@ -304,8 +304,13 @@ async fn failing_handler(backend: &str) {
             .await
             .unwrap();
     }
+    // The dead-letter reader can see a message before the publishing worker has counted it, so
+    // the wait covers the subscription's own counters too.
     eventually("45 handled and 5 dead-lettered", WAIT, || {
-        handled.lock().unwrap().len() >= 45 && dead.lock().unwrap().len() >= 5
+        let counts = subscription.counts();
+        handled.lock().unwrap().len() >= 45
+            && dead.lock().unwrap().len() >= 5
+            && counts.handled + counts.dead_lettered >= 50
     })
     .await;
     let counts = subscription.counts();

@@ -7,7 +7,10 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use std::borrow::Cow;
+
 use super::Message;
+use super::headers::Headers;
 
 /// Header carrying [`Envelope::event_id`].
 pub const HEADER_EVENT_ID: &str = "X-Event-ID";
@@ -25,6 +28,18 @@ pub const HEADER_TRACE_ID: &str = "X-Trace-ID";
 pub const HEADER_CORRELATION_ID: &str = "X-Correlation-ID";
 /// Header carrying [`Envelope::tenant_id`].
 pub const HEADER_TENANT_ID: &str = "X-Tenant-ID";
+
+/// Every envelope header name, so that received headers can share the static names.
+pub(crate) const KNOWN_HEADERS: [&str; 8] = [
+    HEADER_EVENT_ID,
+    HEADER_AGGREGATE_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_EVENT_VERSION,
+    HEADER_TIMESTAMP,
+    HEADER_TRACE_ID,
+    HEADER_CORRELATION_ID,
+    HEADER_TENANT_ID,
+];
 
 /// Longest accepted aggregate id, in characters.
 pub const MAX_AGGREGATE_ID_LEN: usize = 256;
@@ -140,30 +155,40 @@ impl Envelope {
     }
 
     /// The headers that carry this envelope's fields.
-    pub fn headers(&self) -> Vec<(String, String)> {
-        let mut headers = Vec::with_capacity(8);
-        headers.push((HEADER_EVENT_ID.to_owned(), self.event_id.clone()));
-        headers.push((HEADER_AGGREGATE_ID.to_owned(), self.aggregate_id.clone()));
-        headers.push((HEADER_EVENT_TYPE.to_owned(), self.event_type.clone()));
-        headers.push((
-            HEADER_EVENT_VERSION.to_owned(),
-            self.event_version.to_string(),
-        ));
-        headers.push((
-            HEADER_TIMESTAMP.to_owned(),
-            self.timestamp
-                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        ));
-        for (name, value) in [
+    pub fn headers(&self) -> Headers {
+        let required = [
+            (Cow::Borrowed(HEADER_EVENT_ID), self.event_id.clone()),
+            (
+                Cow::Borrowed(HEADER_AGGREGATE_ID),
+                self.aggregate_id.clone(),
+            ),
+            (Cow::Borrowed(HEADER_EVENT_TYPE), self.event_type.clone()),
+            (
+                Cow::Borrowed(HEADER_EVENT_VERSION),
+                self.event_version.to_string(),
+            ),
+            (
+                Cow::Borrowed(HEADER_TIMESTAMP),
+                self.timestamp
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            ),
+        ];
+        let optional = [
             (HEADER_TRACE_ID, &self.trace_id),
             (HEADER_CORRELATION_ID, &self.correlation_id),
             (HEADER_TENANT_ID, &self.tenant_id),
-        ] {
+        ];
+        if optional.iter().all(|(_, value)| value.is_none()) {
+            return Headers::from(required);
+        }
+        let mut headers = Vec::with_capacity(required.len() + optional.len());
+        headers.extend(required);
+        for (name, value) in optional {
             if let Some(value) = value {
-                headers.push((name.to_owned(), value.clone()));
+                headers.push((Cow::Borrowed(name), value.clone()));
             }
         }
-        headers
+        Headers::from(headers)
     }
 
     /// Rebuilds an envelope from a received message's headers and payload.
@@ -171,26 +196,25 @@ impl Envelope {
         let required = |name: &'static str| {
             message
                 .header(name)
-                .map(str::to_owned)
                 .ok_or(EnvelopeError::MissingHeader(name))
         };
         let version_text = required(HEADER_EVENT_VERSION)?;
         let event_version = version_text.parse().map_err(|_| EnvelopeError::BadHeader {
             header: HEADER_EVENT_VERSION,
-            value: version_text.clone(),
+            value: version_text.to_owned(),
         })?;
         let timestamp_text = required(HEADER_TIMESTAMP)?;
-        let timestamp = DateTime::parse_from_rfc3339(&timestamp_text)
+        let timestamp = DateTime::parse_from_rfc3339(timestamp_text)
             .map_err(|_| EnvelopeError::BadHeader {
                 header: HEADER_TIMESTAMP,
-                value: timestamp_text.clone(),
+                value: timestamp_text.to_owned(),
             })?
             .with_timezone(&Utc);
         let optional = |name| message.header(name).map(str::to_owned);
         Ok(Envelope {
-            event_id: required(HEADER_EVENT_ID)?,
-            aggregate_id: required(HEADER_AGGREGATE_ID)?,
-            event_type: required(HEADER_EVENT_TYPE)?,
+            event_id: required(HEADER_EVENT_ID)?.to_owned(),
+            aggregate_id: required(HEADER_AGGREGATE_ID)?.to_owned(),
+            event_type: required(HEADER_EVENT_TYPE)?.to_owned(),
             event_version,
             timestamp,
             trace_id: optional(HEADER_TRACE_ID),

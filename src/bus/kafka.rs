@@ -7,7 +7,7 @@
 //! parallel across aggregates, so each partition keeps a watermark: only the contiguous prefix
 //! of handled offsets is committed, and a slow message holds back the commit of later ones.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::known_topics::KnownTopics;
 use super::{
-    AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
+    Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
     KafkaConfig, Message, Record, Transport,
 };
 
@@ -61,6 +61,7 @@ pub(crate) struct KafkaTransport {
     known_topics: KnownTopics,
     state: Arc<AtomicU8>,
     publish_timeout: Duration,
+    ack_timeout: Duration,
     close_timeout: Duration,
 }
 
@@ -120,6 +121,7 @@ impl KafkaTransport {
             known_topics: KnownTopics::default(),
             state,
             publish_timeout: bus.publish_timeout,
+            ack_timeout: bus.ack_timeout,
             close_timeout: bus.close_timeout,
         })
     }
@@ -160,24 +162,23 @@ impl Transport for KafkaTransport {
         BACKEND
     }
 
-    fn send<'a>(
-        &'a self,
-        topic: &'a str,
-        record: Record,
-    ) -> BoxFuture<'a, Result<AckFuture, BusError>> {
+    fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>> {
         Box::pin(async move {
             self.create_topic(topic).await?;
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in record.headers.iter() {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
             let started = tokio::time::Instant::now();
-            let mut future_record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-                .payload(&record.payload[..])
-                .headers(headers);
+            let mut future_record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(topic).payload(&record.payload[..]);
+            // No header list at all for raw records: librdkafka allocates one even when empty.
+            if !record.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                for (key, value) in record.headers.iter() {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                future_record = future_record.headers(headers);
+            }
             if let Some(key) = record.key.as_deref() {
                 future_record = future_record.key(key);
             }
@@ -185,7 +186,7 @@ impl Transport for KafkaTransport {
                 match self.producer.send_result(future_record) {
                     Ok(delivery) => {
                         let state = self.state.clone();
-                        let ack: AckFuture = Box::pin(async move {
+                        let answer = async move {
                             match delivery.await {
                                 Ok(Ok(_)) => {
                                     // A delivery report from the broker: connected again.
@@ -198,8 +199,8 @@ impl Transport for KafkaTransport {
                                     "the producer was dropped before the delivery report",
                                 )),
                             }
-                        });
-                        return Ok(ack);
+                        };
+                        return Ok(Ack::pending(answer, self.ack_timeout));
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                         if started.elapsed() >= self.publish_timeout {
@@ -338,36 +339,57 @@ impl Transport for KafkaTransport {
     }
 }
 
-/// Per partition, the offsets handed to handlers and which of them were handled.
+/// Per partition, the offsets handed to handlers and which of them were handled. A consumer has
+/// a few partitions: a short list searched by partition number beats hashing the topic name
+/// twice per message.
 #[derive(Default)]
 pub(crate) struct CommitTracker {
-    partitions: Mutex<HashMap<(Arc<str>, i32), PartitionProgress>>,
+    partitions: Mutex<Vec<PartitionProgress>>,
 }
 
-#[derive(Default)]
 struct PartitionProgress {
+    topic: Arc<str>,
+    partition: i32,
     /// Offsets in flight, ascending, with whether each was handled.
     in_flight: VecDeque<(i64, bool)>,
     /// The next offset to commit (last handled contiguous offset + 1), not yet committed.
     pending_commit: Option<i64>,
 }
 
+fn find<'a>(
+    partitions: &'a mut [PartitionProgress],
+    topic: &str,
+    partition: i32,
+) -> Option<&'a mut PartitionProgress> {
+    partitions
+        .iter_mut()
+        .find(|p| p.partition == partition && &*p.topic == topic)
+}
+
 impl CommitTracker {
     /// Records that `offset` was handed to a handler.
     pub fn track(&self, topic: &Arc<str>, partition: i32, offset: i64) {
         let mut partitions = self.partitions.lock().unwrap();
-        partitions
-            .entry((topic.clone(), partition))
-            .or_default()
-            .in_flight
-            .push_back((offset, false));
+        let progress = match find(&mut partitions, topic, partition) {
+            Some(progress) => progress,
+            None => {
+                partitions.push(PartitionProgress {
+                    topic: topic.clone(),
+                    partition,
+                    in_flight: VecDeque::new(),
+                    pending_commit: None,
+                });
+                partitions.last_mut().expect("just pushed")
+            }
+        };
+        progress.in_flight.push_back((offset, false));
     }
 
     /// Records that `offset` was handled; advances the partition's watermark over the
     /// contiguous prefix of handled offsets.
     pub fn done(&self, topic: &Arc<str>, partition: i32, offset: i64) {
         let mut partitions = self.partitions.lock().unwrap();
-        let Some(progress) = partitions.get_mut(&(topic.clone(), partition)) else {
+        let Some(progress) = find(&mut partitions, topic, partition) else {
             return; // the partition was revoked meanwhile
         };
         if let Ok(index) = progress
@@ -387,11 +409,11 @@ impl CommitTracker {
         let mut partitions = self.partitions.lock().unwrap();
         partitions
             .iter_mut()
-            .filter_map(|((topic, partition), progress)| {
+            .filter_map(|progress| {
                 progress
                     .pending_commit
                     .take()
-                    .map(|offset| (topic.clone(), *partition, offset))
+                    .map(|offset| (progress.topic.clone(), progress.partition, offset))
             })
             .collect()
     }
@@ -400,7 +422,7 @@ impl CommitTracker {
     fn restore(&self, commits: &[(Arc<str>, i32, i64)]) {
         let mut partitions = self.partitions.lock().unwrap();
         for (topic, partition, offset) in commits {
-            if let Some(progress) = partitions.get_mut(&(topic.clone(), *partition)) {
+            if let Some(progress) = find(&mut partitions, topic, *partition) {
                 progress.pending_commit.get_or_insert(*offset);
             }
         }
@@ -409,7 +431,8 @@ impl CommitTracker {
     fn forget(&self, revoked: &TopicPartitionList) {
         let mut partitions = self.partitions.lock().unwrap();
         for element in revoked.elements() {
-            partitions.remove(&(Arc::from(element.topic()), element.partition()));
+            partitions
+                .retain(|p| !(p.partition == element.partition() && &*p.topic == element.topic()));
         }
     }
 }
@@ -449,24 +472,23 @@ impl ConsumerContext for TrackingContext {
     }
 }
 
-struct KafkaAcker {
+/// Marks one Kafka record committable once handled.
+pub(crate) struct KafkaAcker {
     tracker: Arc<CommitTracker>,
     topic: Arc<str>,
     partition: i32,
     offset: i64,
 }
 
-impl Acker for KafkaAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, ()> {
+impl KafkaAcker {
+    /// The record was handled: the commit loop may move the partition's watermark past it.
+    pub fn ack(self) {
         self.tracker.done(&self.topic, self.partition, self.offset);
-        Box::pin(async {})
     }
 
-    fn nak(self: Box<Self>) -> BoxFuture<'static, ()> {
-        // Left uncommitted: the watermark stays below it, so it is delivered again after a
-        // restart or rebalance.
-        Box::pin(async {})
-    }
+    /// Left uncommitted: the watermark stays below it, so it is delivered again after a
+    /// restart or rebalance.
+    pub fn nak(self) {}
 }
 
 async fn fetch_loop(
@@ -493,31 +515,30 @@ async fn fetch_loop(
         };
         let partition = message.partition();
         let offset = message.offset();
-        let headers: Vec<(String, String)> = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = match message.headers() {
+            Some(received) => {
+                let mut pairs = Vec::with_capacity(received.count());
+                pairs.extend(received.iter().map(|h| {
+                    (
+                        Headers::name(h.key),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                }));
+                Headers::from(pairs)
+            }
+            None => Headers::new(),
+        };
         let delivery = Delivery {
             message: Message {
                 topic: topic.clone(),
                 key: message
                     .key()
                     .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref())),
-                headers: Arc::from(headers),
+                headers,
                 payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                 attempt: 1,
             },
-            acker: Box::new(KafkaAcker {
+            acker: Acker::Kafka(KafkaAcker {
                 tracker: tracker.clone(),
                 topic: topic.clone(),
                 partition,
@@ -526,7 +547,7 @@ async fn fetch_loop(
         };
         drop(message);
         tracker.track(&topic, partition, offset);
-        if let Err(e) = sink(delivery).await {
+        if let Err(e) = sink.dispatch(delivery).await {
             *error.lock().unwrap() = Some(e);
             return;
         }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
+    Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
     MemoryConfig, Message, Record, Transport,
 };
 
@@ -27,6 +27,26 @@ struct Topic {
     groups: Vec<(String, mpsc::Sender<Record>, SharedReceiver)>,
     /// Messages published while no group existed, with the sender that feeds it.
     backlog: Option<(mpsc::Sender<Record>, SharedReceiver)>,
+    /// Where a publish goes: every group's queue, or the backlog while there is no group.
+    targets: Arc<[mpsc::Sender<Record>]>,
+}
+
+impl Topic {
+    fn new(name: &str) -> Self {
+        Topic {
+            name: Arc::from(name),
+            groups: Vec::new(),
+            backlog: None,
+            targets: Arc::from([]),
+        }
+    }
+
+    fn refresh_targets(&mut self) {
+        self.targets = match &self.backlog {
+            Some((sender, _)) if self.groups.is_empty() => Arc::from([sender.clone()]),
+            _ => self.groups.iter().map(|(_, s, _)| s.clone()).collect(),
+        };
+    }
 }
 
 pub(crate) struct MemoryTransport {
@@ -51,29 +71,22 @@ impl MemoryTransport {
         (sender, Arc::new(tokio::sync::Mutex::new(receiver)))
     }
 
-    fn senders_for(&self, topic: &str) -> Vec<mpsc::Sender<Record>> {
+    /// The queues a publish to `topic` goes to (created on first use).
+    fn senders_for(&self, topic: &str) -> Arc<[mpsc::Sender<Record>]> {
         let mut topics = self.topics.lock().unwrap();
-        let state = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
-            name: Arc::from(topic),
-            groups: Vec::new(),
-            backlog: None,
-        });
-        if state.groups.is_empty() {
-            let (sender, _) = state.backlog.get_or_insert_with(|| self.new_queue());
-            return vec![sender.clone()];
+        if let Some(state) = topics.get(topic)
+            && !state.targets.is_empty()
+        {
+            return state.targets.clone();
         }
-        state.groups.iter().map(|(_, s, _)| s.clone()).collect()
-    }
-}
-
-struct NoopAcker;
-
-impl Acker for NoopAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-    fn nak(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
+        let state = topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Topic::new(topic));
+        if state.groups.is_empty() && state.backlog.is_none() {
+            state.backlog = Some(self.new_queue());
+            state.refresh_targets();
+        }
+        state.targets.clone()
     }
 }
 
@@ -82,16 +95,12 @@ impl Transport for MemoryTransport {
         "memory"
     }
 
-    fn send<'a>(
-        &'a self,
-        topic: &'a str,
-        record: Record,
-    ) -> BoxFuture<'a, Result<AckFuture, BusError>> {
+    fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>> {
         Box::pin(async move {
             if self.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(BusError::Closed);
             }
-            for sender in self.senders_for(topic) {
+            for sender in self.senders_for(topic).iter() {
                 let record = match sender.try_send(record.clone()) {
                     Ok(()) => continue,
                     Err(mpsc::error::TrySendError::Full(record)) => record,
@@ -108,8 +117,7 @@ impl Transport for MemoryTransport {
                     }
                 }
             }
-            let ack: AckFuture = Box::pin(async { Ok(()) });
-            Ok(ack)
+            Ok(Ack::Ready(Ok(())))
         })
     }
 
@@ -122,11 +130,9 @@ impl Transport for MemoryTransport {
         Box::pin(async move {
             let (name, receiver) = {
                 let mut topics = self.topics.lock().unwrap();
-                let state = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
-                    name: Arc::from(topic),
-                    groups: Vec::new(),
-                    backlog: None,
-                });
+                let state = topics
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| Topic::new(topic));
                 let receiver = match state.groups.iter().find(|(g, _, _)| g == group) {
                     Some((_, _, receiver)) => receiver.clone(),
                     None => {
@@ -137,6 +143,7 @@ impl Transport for MemoryTransport {
                         state
                             .groups
                             .push((group.to_owned(), sender, receiver.clone()));
+                        state.refresh_targets();
                         receiver
                     }
                 };
@@ -214,9 +221,9 @@ async fn consume(
                 payload: record.payload,
                 attempt: 1,
             },
-            acker: Box::new(NoopAcker),
+            acker: Acker::Nothing,
         };
-        if let Err(e) = sink(delivery).await {
+        if let Err(e) = sink.dispatch(delivery).await {
             *error.lock().unwrap() = Some(e);
             return;
         }

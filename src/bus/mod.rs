@@ -13,6 +13,7 @@
 mod config;
 pub mod envelope;
 mod error;
+mod headers;
 mod kafka;
 mod known_topics;
 mod memory;
@@ -36,6 +37,7 @@ pub use config::{
 };
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{BusError, BusErrorKind, HandlerError};
+pub use headers::{HeaderName, Headers};
 
 /// A message as delivered to a handler. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -45,7 +47,7 @@ pub struct Message {
     /// The record key (Kafka) or aggregate id (envelopes), if any.
     pub key: Option<Arc<str>>,
     /// Headers, in the order they were sent.
-    pub headers: Arc<[(String, String)]>,
+    pub headers: Headers,
     /// The message body.
     pub payload: Bytes,
     /// Which attempt at handling this is, starting at 1.
@@ -55,10 +57,7 @@ pub struct Message {
 impl Message {
     /// The first header with this name (case-sensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -66,7 +65,7 @@ impl Message {
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
     pub key: Option<Arc<str>>,
-    pub headers: Arc<[(String, String)]>,
+    pub headers: Headers,
     pub payload: Bytes,
 }
 
@@ -161,35 +160,84 @@ impl SubscriptionStats {
 /// A received message with the means to acknowledge it.
 pub(crate) struct Delivery {
     pub message: Message,
-    pub acker: Box<dyn Acker>,
+    pub acker: Acker,
 }
 
 /// Acknowledges one delivered message to its backend.
-pub(crate) trait Acker: Send {
-    /// The message was handled (or dead-lettered): acknowledge or mark it committable.
-    fn ack(self: Box<Self>) -> BoxFuture<'static, ()>;
-    /// The message could not be handled: let the broker redeliver it if it can.
-    fn nak(self: Box<Self>) -> BoxFuture<'static, ()>;
+pub(crate) enum Acker {
+    /// Nothing to acknowledge: the memory backend is done with a message once it is taken.
+    Nothing,
+    /// A JetStream message's acknowledgement (large: boxed, so deliveries stay small).
+    Nats(Box<nats::NatsAcker>),
+    /// A Kafka record's offset, committable once handled.
+    Kafka(kafka::KafkaAcker),
 }
 
-/// Where a backend's consumer hands its deliveries: waits while the pool's queue is full, up to
-/// the enqueue timeout.
-pub(crate) type DeliverySink =
-    Arc<dyn Fn(Delivery) -> BoxFuture<'static, Result<(), BusError>> + Send + Sync>;
+impl Acker {
+    /// The message was handled (or dead-lettered): acknowledge or mark it committable.
+    pub async fn ack(self) {
+        match self {
+            Acker::Nothing => {}
+            Acker::Nats(acker) => acker.ack().await,
+            Acker::Kafka(acker) => acker.ack(),
+        }
+    }
 
-/// A broker acknowledgement still to come.
-pub(crate) type AckFuture = BoxFuture<'static, Result<(), BusError>>;
+    /// The message could not be handled: let the broker redeliver it if it can.
+    pub async fn nak(self) {
+        match self {
+            Acker::Nothing => {}
+            Acker::Nats(acker) => acker.nak().await,
+            Acker::Kafka(acker) => acker.nak(),
+        }
+    }
+}
+
+/// Where a backend's consumer hands its deliveries: the subscription's worker pool, which
+/// waits while the chosen worker's queue is full, up to the enqueue timeout.
+pub(crate) type DeliverySink = Arc<pool::Pool>;
+
+/// A broker acknowledgement: already known, or still to come (bounded by the ack timeout).
+pub(crate) enum Ack {
+    /// The outcome is known at sending (the memory backend: queued is acknowledged).
+    Ready(Result<(), BusError>),
+    /// The broker's answer, to wait for.
+    Pending(BoxFuture<'static, Result<(), BusError>>),
+}
+
+impl Ack {
+    /// An acknowledgement to come from `answer`, failing with [`BusError::Timeout`] when it
+    /// takes longer than `timeout`: one allocation for both.
+    pub fn pending<F>(answer: F, timeout: Duration) -> Ack
+    where
+        F: Future<Output = Result<(), BusError>> + Send + 'static,
+    {
+        Ack::Pending(Box::pin(async move {
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(result) => result,
+                Err(_) => Err(BusError::Timeout {
+                    operation: "broker acknowledgement",
+                    waited: timeout,
+                }),
+            }
+        }))
+    }
+
+    /// Waits for the outcome.
+    pub async fn outcome(self) -> Result<(), BusError> {
+        match self {
+            Ack::Ready(result) => result,
+            Ack::Pending(answer) => answer.await,
+        }
+    }
+}
 
 /// The transport half of a backend.
 pub(crate) trait Transport: Send + Sync + 'static {
     /// `kafka`, `nats` or `memory`.
     fn backend(&self) -> &'static str;
     /// Hands the record to the client; resolves once it was taken, with the ack to come.
-    fn send<'a>(
-        &'a self,
-        topic: &'a str,
-        record: Record,
-    ) -> BoxFuture<'a, Result<AckFuture, BusError>>;
+    fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>>;
     /// Starts consuming `topic` as `group`, handing each message to `sink`.
     fn subscribe<'a>(
         &'a self,
@@ -286,7 +334,7 @@ impl EventBus {
     ) -> Result<PublishReceipt, BusError> {
         let record = Record {
             key: None,
-            headers: Arc::from(Vec::new()),
+            headers: Headers::new(),
             payload: payload.into(),
         };
         self.send(topic, record).await
@@ -308,7 +356,7 @@ impl EventBus {
         envelope.validate()?;
         let record = Record {
             key: Some(Arc::from(envelope.aggregate_id.as_str())),
-            headers: Arc::from(envelope.headers()),
+            headers: envelope.headers(),
             payload: envelope.payload.clone(),
         };
         self.send(topic, record).await
@@ -320,17 +368,8 @@ impl EventBus {
         }
         let permit = acquire_window(&self.window, self.config.publish_timeout).await?;
         let ack = self.transport.send(topic, record).await?;
-        let ack_timeout = self.config.ack_timeout;
         Ok(PublishReceipt {
-            ack: Box::pin(async move {
-                match tokio::time::timeout(ack_timeout, ack).await {
-                    Ok(result) => result,
-                    Err(_) => Err(BusError::Timeout {
-                        operation: "broker acknowledgement",
-                        waited: ack_timeout,
-                    }),
-                }
-            }),
+            ack,
             _permit: permit,
         })
     }
@@ -342,8 +381,13 @@ impl EventBus {
         options: SubscribeOptions,
         handler: Handler,
     ) -> Result<Subscription, BusError> {
-        self.start_subscription(topic, options, handler, pool::Dispatch::RoundRobin)
-            .await
+        self.start_subscription(
+            topic,
+            options,
+            pool::PoolHandler::Raw(handler),
+            pool::Dispatch::RoundRobin,
+        )
+        .await
     }
 
     /// Subscribes to envelopes of `topic`; handlers run in the keyed pool, so that the events
@@ -355,23 +399,20 @@ impl EventBus {
         options: SubscribeOptions,
         handler: EnvelopeHandler,
     ) -> Result<Subscription, BusError> {
-        let decode: Handler = Arc::new(move |message: Message| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let envelope = Envelope::from_message(&message)
-                    .map_err(|e| HandlerError::msg(format!("not an envelope: {e}")))?;
-                handler(envelope).await
-            })
-        });
-        self.start_subscription(topic, options, decode, pool::Dispatch::Keyed)
-            .await
+        self.start_subscription(
+            topic,
+            options,
+            pool::PoolHandler::Envelope(handler),
+            pool::Dispatch::Keyed,
+        )
+        .await
     }
 
     async fn start_subscription(
         &self,
         topic: &str,
         options: SubscribeOptions,
-        handler: Handler,
+        handler: pool::PoolHandler,
         dispatch: pool::Dispatch,
     ) -> Result<Subscription, BusError> {
         if self.closed.load(Ordering::Acquire) {
@@ -390,15 +431,13 @@ impl EventBus {
             retry: self.config.retry.clone(),
             dead_letter: dead_letter.map(|topic| (self.transport.clone(), topic)),
             stats: stats.clone(),
-            ack_timeout: self.config.ack_timeout,
         };
         let pool = Arc::new(pool::Pool::start(&self.config.pool, dispatch, workers));
-        let sink_pool = pool.clone();
-        let sink: DeliverySink = Arc::new(move |delivery| {
-            let pool = sink_pool.clone();
-            Box::pin(async move { pool.dispatch(delivery).await })
-        });
-        let consumer = match self.transport.subscribe(topic, &options.group, sink).await {
+        let consumer = match self
+            .transport
+            .subscribe(topic, &options.group, pool.clone())
+            .await
+        {
             Ok(consumer) => consumer,
             Err(error) => {
                 pool_drain(pool, self.config.close_timeout).await;
@@ -473,7 +512,7 @@ async fn pool_drain(pool: Arc<pool::Pool>, timeout: Duration) -> Option<BusError
 /// [`BusError::Timeout`] after `ack_timeout`). Holding it holds one slot of the publish window.
 #[must_use = "a receipt does nothing unless awaited; dropping it frees its window slot early"]
 pub struct PublishReceipt {
-    ack: AckFuture,
+    ack: Ack,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -481,7 +520,10 @@ impl Future for PublishReceipt {
     type Output = Result<(), BusError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.ack.as_mut().poll(cx)
+        match &mut self.ack {
+            Ack::Ready(result) => Poll::Ready(std::mem::replace(result, Ok(()))),
+            Ack::Pending(answer) => answer.as_mut().poll(cx),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::known_topics::KnownTopics;
 use super::{
-    AckFuture, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
+    Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
     Message, NatsConfig, NatsStorage, Record, Transport,
 };
 
@@ -31,6 +31,7 @@ pub(crate) struct NatsTransport {
     jetstream: jetstream::Context,
     known_topics: KnownTopics,
     close_timeout: Duration,
+    ack_timeout: Duration,
 }
 
 impl NatsTransport {
@@ -86,6 +87,7 @@ impl NatsTransport {
             jetstream,
             known_topics: KnownTopics::default(),
             close_timeout: bus.close_timeout,
+            ack_timeout: bus.ack_timeout,
         })
     }
 
@@ -134,25 +136,26 @@ impl Transport for NatsTransport {
         BACKEND
     }
 
-    fn send<'a>(
-        &'a self,
-        topic: &'a str,
-        record: Record,
-    ) -> BoxFuture<'a, Result<AckFuture, BusError>> {
+    fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>> {
         Box::pin(async move {
             self.ensure_stream(topic).await?;
-            let mut headers = async_nats::HeaderMap::new();
-            for (key, value) in record.headers.iter() {
-                headers.append(key.as_str(), value.as_str());
-            }
             // Watch for a lost connection from before the message is handed over.
             let mut disconnected = self.disconnections.subscribe();
-            let pending = self
-                .jetstream
-                .publish_with_headers(topic.to_owned(), headers, record.payload)
-                .await
-                .map_err(|e| BusError::broker(BACKEND, e))?;
-            let ack: AckFuture = Box::pin(async move {
+            let published = if record.headers.is_empty() {
+                self.jetstream
+                    .publish(topic.to_owned(), record.payload)
+                    .await
+            } else {
+                let mut headers = async_nats::HeaderMap::new();
+                for (key, value) in record.headers.iter() {
+                    headers.append(key, value);
+                }
+                self.jetstream
+                    .publish_with_headers(topic.to_owned(), headers, record.payload)
+                    .await
+            };
+            let pending = published.map_err(|e| BusError::broker(BACKEND, e))?;
+            let answer = async move {
                 tokio::select! {
                     biased;
                     result = pending => result
@@ -164,8 +167,8 @@ impl Transport for NatsTransport {
                          message may or may not have been stored",
                     )),
                 }
-            });
-            Ok(ack)
+            };
+            Ok(Ack::pending(answer, self.ack_timeout))
         })
     }
 
@@ -290,20 +293,19 @@ impl Transport for NatsTransport {
     }
 }
 
-struct NatsAcker(jetstream::message::Acker);
+/// Acknowledges one JetStream message.
+pub(crate) struct NatsAcker(jetstream::message::Acker);
 
-impl Acker for NatsAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, ()> {
-        // A lost ack only means a redelivery after ack_wait: at-least-once either way.
-        Box::pin(async move {
-            let _ = self.0.ack().await;
-        })
+impl NatsAcker {
+    /// Acknowledges the message. A lost ack only means a redelivery after `ack_wait`:
+    /// at-least-once either way.
+    pub async fn ack(self) {
+        let _ = self.0.ack().await;
     }
 
-    fn nak(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let _ = self.0.ack_with(jetstream::AckKind::Nak(None)).await;
-        })
+    /// Asks the server to redeliver the message.
+    pub async fn nak(self) {
+        let _ = self.0.ack_with(jetstream::AckKind::Nak(None)).await;
     }
 }
 
@@ -327,35 +329,35 @@ async fn fetch_loop(
             None => return,
         };
         let (message, acker) = message.split();
-        let headers: Vec<(String, String)> = message
+        let headers: Headers = message
             .headers
             .as_ref()
             .map(|headers| {
                 headers
                     .iter()
                     .flat_map(|(name, values)| {
+                        let name = Headers::name(name.as_ref());
                         values
                             .iter()
-                            .map(move |value| (name.to_string(), value.to_string()))
+                            .map(move |value| (name.clone(), value.as_str().to_owned()))
                     })
                     .collect()
             })
             .unwrap_or_default();
         let key = headers
-            .iter()
-            .find(|(name, _)| name == super::envelope::HEADER_AGGREGATE_ID)
-            .map(|(_, value)| Arc::from(value.as_str()));
+            .get(super::envelope::HEADER_AGGREGATE_ID)
+            .map(Arc::from);
         let delivery = Delivery {
             message: Message {
                 topic: topic.clone(),
                 key,
-                headers: Arc::from(headers),
+                headers,
                 payload: message.payload,
                 attempt: 1,
             },
-            acker: Box::new(NatsAcker(acker)),
+            acker: Acker::Nats(Box::new(NatsAcker(acker))),
         };
-        if let Err(e) = sink(delivery).await {
+        if let Err(e) = sink.dispatch(delivery).await {
             *error.lock().unwrap() = Some(e);
             return;
         }

@@ -3,6 +3,7 @@
 //! Every worker is one tokio task with a bounded queue; a full queue makes the dispatcher wait,
 //! up to the enqueue timeout.
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use super::envelope::HEADER_AGGREGATE_ID;
 use super::{
-    BusError, Delivery, Handler, HandlerError, Message, PoolConfig, Record, RetryPolicy,
-    SubscriptionStats, Transport,
+    BusError, Delivery, Envelope, EnvelopeHandler, Handler, HandlerError, Headers, Message,
+    PoolConfig, Record, RetryPolicy, SubscriptionStats, Transport,
 };
 
 /// How deliveries are spread over workers.
@@ -27,18 +28,40 @@ pub(crate) enum Dispatch {
     RoundRobin,
 }
 
+/// The handler a pool's workers call.
+pub(crate) enum PoolHandler {
+    /// Called with the message as received.
+    Raw(Handler),
+    /// Called with the envelope decoded from the message; a message that is not a valid
+    /// envelope fails like a failing handler.
+    Envelope(EnvelopeHandler),
+}
+
+impl PoolHandler {
+    /// One attempt at handling `message`.
+    async fn call(&self, message: &Message) -> Result<(), HandlerError> {
+        match self {
+            PoolHandler::Raw(handler) => handler(message.clone()).await,
+            PoolHandler::Envelope(handler) => {
+                let envelope = Envelope::from_message(message)
+                    .map_err(|e| HandlerError::msg(format!("not an envelope: {e}")))?;
+                handler(envelope).await
+            }
+        }
+    }
+}
+
 /// What every worker of a pool shares.
 pub(crate) struct WorkerContext {
-    pub handler: Handler,
+    pub handler: PoolHandler,
     pub retry: RetryPolicy,
     pub dead_letter: Option<(Arc<dyn Transport>, String)>,
     pub stats: Arc<SubscriptionStats>,
-    pub ack_timeout: Duration,
 }
 
 pub(crate) struct Pool {
     dispatch: Dispatch,
-    senders: RwLock<Option<Arc<[mpsc::Sender<Delivery>]>>>,
+    senders: RwLock<Option<Box<[mpsc::Sender<Delivery>]>>>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
     enqueue_timeout: Duration,
@@ -70,7 +93,7 @@ impl Pool {
         }
         Pool {
             dispatch,
-            senders: RwLock::new(Some(Arc::from(senders))),
+            senders: RwLock::new(Some(senders.into_boxed_slice())),
             workers: std::sync::Mutex::new(workers),
             next: AtomicUsize::new(0),
             enqueue_timeout: config.enqueue_timeout,
@@ -79,26 +102,31 @@ impl Pool {
 
     /// Queues a delivery for its worker, waiting up to the enqueue timeout for room.
     pub async fn dispatch(&self, delivery: Delivery) -> Result<(), BusError> {
-        let Some(senders) = self.senders.read().unwrap().clone() else {
-            return Err(BusError::Closed);
-        };
-        let index = match self.dispatch {
-            Dispatch::Keyed => {
-                let key = delivery
-                    .message
-                    .key
-                    .as_deref()
-                    .or_else(|| delivery.message.header(HEADER_AGGREGATE_ID))
-                    .unwrap_or("");
-                fnv1a_32(key.as_bytes()) as usize % senders.len()
+        let (sender, delivery) = {
+            let senders = self.senders.read().unwrap();
+            let Some(senders) = senders.as_deref() else {
+                return Err(BusError::Closed);
+            };
+            let index = match self.dispatch {
+                Dispatch::Keyed => {
+                    let key = delivery
+                        .message
+                        .key
+                        .as_deref()
+                        .or_else(|| delivery.message.header(HEADER_AGGREGATE_ID))
+                        .unwrap_or("");
+                    fnv1a_32(key.as_bytes()) as usize % senders.len()
+                }
+                Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % senders.len(),
+            };
+            match senders[index].try_send(delivery) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),
+                // Full: wait for room outside the lock.
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    (senders[index].clone(), delivery)
+                }
             }
-            Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % senders.len(),
-        };
-        let sender = &senders[index];
-        let delivery = match sender.try_send(delivery) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),
-            Err(mpsc::error::TrySendError::Full(delivery)) => delivery,
         };
         match sender.send_timeout(delivery, self.enqueue_timeout).await {
             Ok(()) => Ok(()),
@@ -169,7 +197,7 @@ async fn handle(delivery: Delivery, context: &WorkerContext) {
     let mut attempt = 1;
     let last_error = loop {
         message.attempt = attempt;
-        let outcome = AssertUnwindSafe((context.handler)(message.clone()))
+        let outcome = AssertUnwindSafe(context.handler.call(&message))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err(HandlerError::msg("the handler panicked")));
@@ -190,7 +218,7 @@ async fn handle(delivery: Delivery, context: &WorkerContext) {
     };
     match &context.dead_letter {
         Some((transport, topic)) => {
-            match dead_letter(transport.as_ref(), topic, &message, &last_error, context).await {
+            match dead_letter(transport.as_ref(), topic, &message, &last_error).await {
                 Ok(()) => {
                     acker.ack().await;
                     context.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -213,25 +241,23 @@ async fn dead_letter(
     topic: &str,
     message: &Message,
     error: &HandlerError,
-    context: &WorkerContext,
 ) -> Result<(), BusError> {
-    let mut headers: Vec<(String, String)> = message.headers.to_vec();
-    headers.push(("X-Dead-Letter-Topic".into(), message.topic.to_string()));
-    headers.push(("X-Dead-Letter-Reason".into(), error.to_string()));
-    headers.push(("X-Dead-Letter-Attempts".into(), message.attempt.to_string()));
+    let mut headers = message.headers.to_vec();
+    headers.push((
+        Cow::Borrowed("X-Dead-Letter-Topic"),
+        message.topic.to_string(),
+    ));
+    headers.push((Cow::Borrowed("X-Dead-Letter-Reason"), error.to_string()));
+    headers.push((
+        Cow::Borrowed("X-Dead-Letter-Attempts"),
+        message.attempt.to_string(),
+    ));
     let record = Record {
         key: message.key.clone(),
-        headers: Arc::from(headers),
+        headers: Headers::from(headers),
         payload: message.payload.clone(),
     };
-    let ack = transport.send(topic, record).await?;
-    match tokio::time::timeout(context.ack_timeout, ack).await {
-        Ok(result) => result,
-        Err(_) => Err(BusError::Timeout {
-            operation: "dead-letter acknowledgement",
-            waited: context.ack_timeout,
-        }),
-    }
+    transport.send(topic, record).await?.outcome().await
 }
 
 #[cfg(test)]
