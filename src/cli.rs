@@ -39,6 +39,19 @@ enum Command {
     /// Runs a base build and the head interleaved on this machine and judges the head's
     /// absolute figures with a statistical test; exit 1 on regression.
     Ab(AbArgs),
+    /// Measures the bare client publishing a scenario's load alone (no consumer, no bus) on
+    /// each broker backend: the figure to hold against the brokers' own publish tools
+    /// (`nats bench js pub async`, Kafka's `ProducerPerformance`) on the same machine.
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CeilingArgs {
+    /// The scenario file (TOML): its messages, payload size, topics, publishers, window and
+    /// producer settings are used.
+    scenario: PathBuf,
+    #[command(flatten)]
+    brokers: BrokerArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,7 +271,101 @@ pub fn main() -> i32 {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
         Command::Ab(args) => ab(args),
+        Command::Ceiling(args) => ceiling(args),
     }
+}
+
+fn ceiling(args: CeilingArgs) -> i32 {
+    let Some(scenario) = load_scenario(&args.scenario, &args.brokers) else {
+        return EXIT_USAGE;
+    };
+    let backends = match parse_backends(args.brokers.backends.as_deref()) {
+        Ok(Some(backends)) => backends,
+        Ok(None) => scenario.backends.clone(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let options = RunOptions {
+        kafka_bootstrap: args.brokers.kafka_bootstrap,
+        nats_url: args.brokers.nats_url,
+        kafka_version: None,
+        backends: None,
+        progress: false,
+        scenario_file: args.scenario.clone(),
+        repeat: 1,
+    };
+    watch_for_signals();
+    let mut status = EXIT_OK;
+    for backend in backends {
+        if backend == BackendKind::Memory {
+            continue;
+        }
+        match crate::runner::publish_ceiling(&scenario, backend, &options) {
+            Ok(figures) => say(format!(
+                "{backend}: {:.0} msg/s publishing alone, {:.2} CPU µs/msg ({} messages of {} B \
+                 over {} topic(s), {} publisher(s), {} acknowledgements in flight)",
+                figures.msgs_per_sec,
+                figures.cpu_us_per_msg,
+                scenario.total_messages(),
+                scenario.payload_bytes,
+                scenario.topics,
+                scenario.publishers,
+                scenario.max_in_flight
+            )),
+            Err(error) => {
+                eprintln!(
+                    "busbench: {backend}: {}",
+                    crate::redact::text(&error.to_string())
+                );
+                status = EXIT_INFRASTRUCTURE;
+            }
+        }
+        if let Some(code) = interrupted_exit_code() {
+            return code;
+        }
+    }
+    status
+}
+
+/// Loads the scenario with the brokers' and its own secrets registered for masking; on bad
+/// input, says why on one line and returns `None` (exit 2).
+fn load_scenario(path: &std::path::Path, brokers: &BrokerArgs) -> Option<Scenario> {
+    crate::redact::register_url(&brokers.nats_url);
+    crate::redact::register_url(&brokers.kafka_bootstrap);
+    match Scenario::load(path) {
+        Ok(scenario) => {
+            scenario.register_secrets();
+            Some(scenario)
+        }
+        Err(error) => {
+            eprintln!("error: {}", crate::redact::text(&error.to_string()));
+            None
+        }
+    }
+}
+
+/// The `--backends` list, each named once.
+fn parse_backends(names: Option<&[String]>) -> Result<Option<Vec<BackendKind>>, String> {
+    let Some(names) = names else {
+        return Ok(None);
+    };
+    let mut parsed = Vec::new();
+    for name in names {
+        match BackendKind::parse(name.trim()) {
+            Some(kind) if parsed.contains(&kind) => {
+                return Err(format!("--backends: {name} is listed twice"));
+            }
+            Some(kind) => parsed.push(kind),
+            None => {
+                return Err(format!(
+                    "--backends: unknown backend {name:?} (kafka, nats, memory)"
+                ));
+            }
+        }
+    }
+    Ok(Some(parsed))
 }
 
 fn ab(args: AbArgs) -> i32 {
@@ -464,36 +571,14 @@ fn say(text: impl std::fmt::Display) {
 }
 
 fn run(args: RunArgs) -> i32 {
-    crate::redact::register_url(&args.brokers.nats_url);
-    crate::redact::register_url(&args.brokers.kafka_bootstrap);
-    let scenario = match Scenario::load(&args.scenario) {
-        Ok(scenario) => scenario,
-        Err(error) => {
-            eprintln!("error: {}", crate::redact::text(&error.to_string()));
-            return EXIT_USAGE;
-        }
+    let Some(scenario) = load_scenario(&args.scenario, &args.brokers) else {
+        return EXIT_USAGE;
     };
-    scenario.register_secrets();
-    let backends = match &args.brokers.backends {
-        None => None,
-        Some(names) => {
-            let mut parsed = Vec::new();
-            for name in names {
-                match BackendKind::parse(name.trim()) {
-                    Some(kind) if parsed.contains(&kind) => {
-                        eprintln!("error: --backends: {name} is listed twice");
-                        return EXIT_USAGE;
-                    }
-                    Some(kind) => parsed.push(kind),
-                    None => {
-                        eprintln!(
-                            "error: --backends: unknown backend {name:?} (kafka, nats, memory)"
-                        );
-                        return EXIT_USAGE;
-                    }
-                }
-            }
-            Some(parsed)
+    let backends = match parse_backends(args.brokers.backends.as_deref()) {
+        Ok(backends) => backends,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
         }
     };
     let options = RunOptions {

@@ -103,6 +103,10 @@ pub struct KafkaSection {
     /// librdkafka properties for consumers only.
     #[serde(default)]
     pub consumer: BTreeMap<String, String>,
+    /// The target rate of Kafka's cells, messages per second, instead of the scenario's
+    /// `rate` (brokers differ by an order of magnitude: one rate cannot be half of both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
 }
 
 /// The `[nats]` section.
@@ -115,6 +119,10 @@ pub struct NatsSection {
     /// Stream replicas.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// The target rate of NATS's cells, messages per second, instead of the scenario's
+    /// `rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
 }
 
 impl Default for NatsSection {
@@ -122,6 +130,7 @@ impl Default for NatsSection {
         NatsSection {
             storage: StorageKind::File,
             replicas: 1,
+            rate: None,
         }
     }
 }
@@ -790,6 +799,27 @@ impl Scenario {
             "the order check keeps 4 bytes per aggregate",
         )?;
         at_most("rate", self.rate, 100_000_000, "messages per second")?;
+        for (table, rate) in [("kafka", self.kafka.rate), ("nats", self.nats.rate)] {
+            let Some(rate) = rate else { continue };
+            if rate == 0 || self.rate == 0 {
+                return Err(fail(
+                    Some(table),
+                    "rate",
+                    "a backend's rate must be greater than 0, and only replaces a scenario \
+                     rate greater than 0 (an open-loop load stays one)"
+                        .into(),
+                ));
+            }
+            if rate > 100_000_000 {
+                return Err(fail(
+                    Some(table),
+                    "rate",
+                    format!(
+                        "{rate} is more than the 100000000 messages per second busbench allows"
+                    ),
+                ));
+            }
+        }
         at_most(
             "max_in_flight",
             self.max_in_flight as u64,
@@ -967,6 +997,21 @@ impl Scenario {
         }
     }
 
+    /// The scenario as `backend`'s cells run it: its `[kafka]` or `[nats]` rate, when given,
+    /// replaces the scenario's.
+    pub fn for_backend(&self, backend: BackendKind) -> Scenario {
+        let rate = match backend {
+            BackendKind::Kafka => self.kafka.rate,
+            BackendKind::Nats => self.nats.rate,
+            BackendKind::Memory => None,
+        };
+        let mut scenario = self.clone();
+        if let Some(rate) = rate {
+            scenario.rate = rate;
+        }
+        scenario
+    }
+
     /// Messages sent per cell (for a duration: rate x duration).
     pub fn total_messages(&self) -> u64 {
         match self.workload() {
@@ -1049,6 +1094,25 @@ aggregates = 10
         assert_eq!(scenario.payload_bytes, 128);
         assert_eq!(scenario.thresholds.min_success_rate, 1.0);
         assert_eq!(scenario.timeout(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_backend_rate_replaces_the_scenario_rate_for_that_backend_only() {
+        let text = GOOD.replace("messages = 1000", "duration = \"2s\"\nrate = 100");
+        let scenario = parse(&format!("{text}[kafka]\nrate = 1000\n")).unwrap();
+        assert_eq!(
+            scenario.for_backend(BackendKind::Kafka).total_messages(),
+            2000
+        );
+        assert_eq!(
+            scenario.for_backend(BackendKind::Nats).total_messages(),
+            200
+        );
+        assert_eq!(scenario.for_backend(BackendKind::Memory).rate, 100);
+        let zero = error(&format!("{text}[nats]\nrate = 0\n"));
+        assert_eq!((zero.key.as_str(), zero.line), ("nats.rate", 9));
+        let open_loop = GOOD.to_owned() + "[kafka]\nrate = 1000\n";
+        assert_eq!(error(&open_loop).key, "kafka.rate");
     }
 
     #[test]

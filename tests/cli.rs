@@ -69,6 +69,41 @@ fn an_unreachable_broker_exits_3() {
 }
 
 #[test]
+fn the_publish_ceiling_measures_each_broker_and_names_an_unreachable_one() {
+    let output = busbench(&["ceiling", project("scenarios/ci.toml").to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for backend in ["kafka", "nats"] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{backend}: ")))
+            .unwrap_or_else(|| panic!("no {backend} line in {stdout}"));
+        let rate: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|figure| figure.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {line:?}"));
+        assert!(rate > 0.0, "{line}");
+    }
+    assert!(!stdout.contains("memory"), "{stdout}");
+    let unreachable = busbench(&[
+        "ceiling",
+        project("scenarios/ci.toml").to_str().unwrap(),
+        "--backends",
+        "nats",
+        "--nats-url",
+        "nats://127.0.0.1:1",
+    ]);
+    assert_eq!(unreachable.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("nats"));
+}
+
+#[test]
 fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
     let dir = tempfile::tempdir().unwrap();
     let output = busbench(&[

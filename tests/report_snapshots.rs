@@ -69,6 +69,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         cpu_us_per_msg: 10.0 * scale,
         ceiling_msgs_per_sec: Some(4000.0),
         bare_client_msgs_per_sec: Some(5000.0),
+        ceiling_cpu_us_per_msg: Some(3.5),
         efficiency: Some(if scale == 1.5 { 1.25 } else { 0.25 / scale }),
         work_per_msg: WorkPerMessage {
             allocations: Some(12.0 * scale),

@@ -237,6 +237,11 @@ pub struct CellResult {
     /// commits, no accounting; the client's raw limit, shown beside the ceiling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bare_client_msgs_per_sec: Option<f64>,
+    /// Process CPU time per message of the client ceiling's measured phase, microseconds:
+    /// what the client alone spends on the work the bus is judged against, beside
+    /// `cpu_us_per_msg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_cpu_us_per_msg: Option<f64>,
     /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
     pub efficiency: Option<f64>,
     /// Work the process did per handled message during the measured phase, figures that do

@@ -73,10 +73,17 @@ impl Exporter for MarkdownExporter {
         writeln!(out)?;
         writeln!(
             out,
-            "{} messages per cell ({} warm-up), {} topics, {} Kafka partitions, {} aggregates, \
+            "{} per cell ({} warm-up), {} topics, {} Kafka partitions, {} aggregates, \
              {}-byte payloads, {} publishers, {} in flight, rate {}, timeout {}. \
              Scenario hash `{}`, file `{}`.",
-            scenario.total_messages(),
+            match scenario.workload() {
+                crate::scenario::Workload::Duration(duration)
+                    if scenario.kafka.rate.is_some() || scenario.nats.rate.is_some() =>
+                {
+                    format!("{duration:?} at the target rate")
+                }
+                _ => format!("{} messages", scenario.total_messages()),
+            },
             scenario.warmup,
             scenario.topics,
             scenario.partitions,
@@ -87,7 +94,14 @@ impl Exporter for MarkdownExporter {
             if scenario.rate == 0 {
                 "as fast as possible".to_owned()
             } else {
-                format!("{} msg/s", scenario.rate)
+                let mut rate = format!("{} msg/s", scenario.rate);
+                for (backend, own) in [("Kafka", scenario.kafka.rate), ("NATS", scenario.nats.rate)]
+                {
+                    if let Some(own) = own {
+                        rate.push_str(&format!(" ({backend}: {own} msg/s)"));
+                    }
+                }
+                rate
             },
             scenario.timeout,
             result.scenario.hash,

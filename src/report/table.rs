@@ -233,6 +233,12 @@ fn metrics() -> Vec<Metric> {
             format: rate,
         },
         Metric {
+            name: "client ceiling CPU µs/msg",
+            better: Better::Lower,
+            value: |c| c.ceiling_cpu_us_per_msg,
+            format: two,
+        },
+        Metric {
             name: "bus efficiency",
             better: Better::Higher,
             value: |c| c.efficiency,

@@ -39,13 +39,83 @@ pub struct CeilingLoad {
     /// Publishing tasks, each with its share of the messages and of the window, as in the
     /// cells.
     pub publishers: u32,
-    /// A topic name no one else uses.
+    /// A topic name no one else uses: the prefix of the load's topics.
     pub topic: String,
+    /// Topics the messages are spread over (message `seq` goes to topic `seq % topics`), as
+    /// in the cells: the same partitions, streams and consumers for the broker to serve.
+    pub topics: u32,
     /// Bound on the whole run.
     pub timeout: Duration,
     /// The client ceiling (acks, commits and the harness's accounting) rather than the bare
     /// client.
     pub fair: bool,
+    /// Records shaped like envelopes for this many aggregates (the envelope cells' load), or
+    /// `None` for raw records. Envelope records carry what the bus's envelopes carry on the
+    /// wire, so that the client pays for the same bytes: the aggregate id as the record key
+    /// (Kafka), the five envelope headers, each message's topic chosen by its aggregate; the
+    /// consumer reads every header. Building and parsing the envelopes themselves (event ids,
+    /// timestamps, validation) is left to the bus: that is part of what it costs.
+    pub envelope_aggregates: Option<u64>,
+    /// Publish only, with no consumer: the figure to hold against the brokers' own publish
+    /// tools (`nats bench js pub async`, Kafka's `ProducerPerformance`). Not for the memory
+    /// backend, whose channel fills without a consumer.
+    pub publish_only: bool,
+}
+
+impl CeilingLoad {
+    /// The names of the load's topics.
+    pub fn topic_names(&self) -> Vec<String> {
+        (0..self.topics.max(1))
+            .map(|index| format!("{}.{index}", self.topic))
+            .collect()
+    }
+
+    /// The topic of message `seq`, among `names`: by sequence for raw records, by aggregate
+    /// for envelope records, as in the cells.
+    fn topic_of<'a>(&self, names: &'a [String], seq: u64) -> &'a str {
+        let spread = match self.envelope_aggregates {
+            Some(aggregates) => seq % aggregates.max(1),
+            None => seq,
+        };
+        &names[(spread % names.len() as u64) as usize]
+    }
+
+    /// The key and headers of message `seq`, for envelope records.
+    fn shape_of<'a>(&self, shapes: &'a [EnvelopeShape], seq: u64) -> Option<&'a EnvelopeShape> {
+        self.envelope_aggregates
+            .map(|aggregates| &shapes[(seq % aggregates.max(1)) as usize])
+    }
+
+    /// One key and header set per aggregate, built once: the values have the length and form
+    /// of the bus's (a UUID, an RFC 3339 timestamp with nanoseconds).
+    fn envelope_shapes(&self) -> Vec<EnvelopeShape> {
+        let Some(aggregates) = self.envelope_aggregates else {
+            return Vec::new();
+        };
+        let template = crate::bus::Envelope::new("aggregate", "BenchmarkEvent", 1, Bytes::new());
+        (0..aggregates.max(1))
+            .map(|aggregate| {
+                let mut envelope = template.clone();
+                envelope.aggregate_id = format!("aggregate-{aggregate}");
+                let headers = envelope
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                    .collect();
+                EnvelopeShape {
+                    key: envelope.aggregate_id,
+                    headers,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What an envelope record carries besides its payload.
+#[derive(Debug, Clone)]
+struct EnvelopeShape {
+    key: String,
+    headers: Vec<(String, String)>,
 }
 
 /// How long removing the ceiling's topic or stream may take once the run ended.
@@ -56,7 +126,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs the bare-client load and returns its end-to-end throughput in messages per second.
 /// The first send error ends the run with that error; the run also ends at its timeout or
 /// when the run is interrupted; in every case its topic (Kafka) or stream (NATS) is removed.
-pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, CeilingError> {
+pub async fn measure(
+    config: &BusConfig,
+    load: &CeilingLoad,
+) -> Result<CeilingFigures, CeilingError> {
     let reachable = tokio::select! {
         reachable = reachable(config) => reachable,
         _ = super::until_interrupted() => return Err(CeilingError::Failed("interrupted".into())),
@@ -66,7 +139,7 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Ceil
         .fair
         .then(|| Arc::new(Recorder::new(Instant::now(), load.messages, 1, false)));
     let run = async {
-        let rate = match &config.backend {
+        let figures = match &config.backend {
             BackendConfig::Memory(_) => memory(load, recorder.clone()).await,
             BackendConfig::Kafka(kafka) => kafka_ceiling(kafka, load, recorder.clone()).await,
             BackendConfig::Nats(nats) => nats_ceiling(nats, load, recorder.clone()).await,
@@ -80,7 +153,7 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Ceil
                 ));
             }
         }
-        Ok(rate)
+        Ok(figures)
     };
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(load.timeout, run) => outcome.unwrap_or_else(|_| {
@@ -93,6 +166,41 @@ pub async fn measure(config: &BusConfig, load: &CeilingLoad) -> Result<f64, Ceil
     };
     let _ = tokio::time::timeout(CLEAN_UP_TIMEOUT, clean_up(config, load)).await;
     outcome.map_err(CeilingError::Failed)
+}
+
+/// What a ceiling run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CeilingFigures {
+    /// Messages per second, end to end (or published, for a publish-only run).
+    pub msgs_per_sec: f64,
+    /// Process CPU time (user + system) per message over the measured phase, microseconds:
+    /// what the client alone costs, beside the bus's figure.
+    pub cpu_us_per_msg: f64,
+}
+
+/// The start of a ceiling's measured phase: wall clock and process CPU time.
+struct MeasuredPhase {
+    start: Instant,
+    cpu: Duration,
+}
+
+impl MeasuredPhase {
+    fn begin() -> Self {
+        MeasuredPhase {
+            start: Instant::now(),
+            cpu: crate::metrics::resources::cpu_time(),
+        }
+    }
+
+    /// The figures of `messages` done by `end`.
+    fn figures(&self, messages: u64, end: Instant) -> CeilingFigures {
+        let cpu = crate::metrics::resources::cpu_time().saturating_sub(self.cpu);
+        let messages_f = messages.max(1) as f64;
+        CeilingFigures {
+            msgs_per_sec: messages as f64 / end.duration_since(self.start).as_secs_f64(),
+            cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages_f,
+        }
+    }
 }
 
 /// Why a ceiling run gave no figure.
@@ -156,15 +264,19 @@ async fn clean_up(config: &BusConfig, load: &CeilingLoad) {
                 _,
             > = kafka_client_config(kafka, &kafka.properties).create();
             if let Ok(admin) = admin {
+                let names = load.topic_names();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
                 let _ = admin
-                    .delete_topics(&[&load.topic], &rdkafka::admin::AdminOptions::new())
+                    .delete_topics(&names, &rdkafka::admin::AdminOptions::new())
                     .await;
             }
         }
         BackendConfig::Nats(nats) => {
             if let Ok(client) = async_nats::connect(nats.url.as_str()).await {
                 let context = async_nats::jetstream::new(client.clone());
-                let _ = context.delete_stream(nats_stream_name(load)).await;
+                for topic in load.topic_names() {
+                    let _ = context.delete_stream(nats_stream_name(&topic)).await;
+                }
                 let _ = client.drain().await;
             }
         }
@@ -183,15 +295,15 @@ fn kafka_client_config(
     config
 }
 
-fn nats_stream_name(load: &CeilingLoad) -> String {
-    format!("CEILING_{}", load.topic.replace(['.', '*', '>'], "_"))
+fn nats_stream_name(topic: &str) -> String {
+    format!("CEILING_{}", topic.replace(['.', '*', '>'], "_"))
 }
 
 /// Receives `messages` from a NATS pull consumer (transient errors skipped); with a recorder,
 /// accounts for each message and acks it, as the bus does after its handler. Returns when the
 /// last one arrived.
 async fn nats_receive(
-    stream: &mut async_nats::jetstream::consumer::pull::Stream,
+    stream: &mut futures::stream::SelectAll<async_nats::jetstream::consumer::pull::Stream>,
     messages: u64,
     recorder: Option<&Recorder>,
 ) -> Result<Instant, String> {
@@ -212,6 +324,11 @@ async fn nats_receive(
     while received < messages {
         match stream.next().await {
             Some(Ok(message)) => {
+                if let Some(headers) = &message.headers {
+                    for (name, values) in headers.iter() {
+                        std::hint::black_box((name, values));
+                    }
+                }
                 if let Some(recorder) = recorder {
                     let (message, acker) = message.split();
                     recorder.on_message(&message.payload);
@@ -240,11 +357,14 @@ fn ended(received: u64, messages: u64) -> String {
     format!("the consumer stream ended after {received} of {messages} messages")
 }
 
+/// The next offset to commit, per topic and partition.
+type NextOffsets = HashMap<(String, i32), i64>;
+
 /// The next offsets to commit, per partition, and when they were last committed: the bus's
 /// commit cadence, for the client ceiling.
 struct KafkaCommits {
     interval: Duration,
-    state: std::sync::Mutex<(HashMap<i32, i64>, Instant)>,
+    state: std::sync::Mutex<(NextOffsets, Instant)>,
 }
 
 impl KafkaCommits {
@@ -258,10 +378,19 @@ impl KafkaCommits {
     /// Records a handled offset; commits every partition's next offset once per interval.
     fn handled(&self, consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0.insert(partition, offset + 1);
+        match state
+            .0
+            .iter_mut()
+            .find(|((t, p), _)| t == topic && *p == partition)
+        {
+            Some((_, next)) => *next = offset + 1,
+            None => {
+                state.0.insert((topic.to_owned(), partition), offset + 1);
+            }
+        }
         if state.1.elapsed() >= self.interval {
             let mut list = rdkafka::TopicPartitionList::new();
-            for (partition, next) in &state.0 {
+            for ((topic, partition), next) in &state.0 {
                 let _ =
                     list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next));
             }
@@ -288,6 +417,12 @@ async fn kafka_receive(
             Some(Ok(message)) => {
                 if let Some(recorder) = recorder {
                     recorder.on_message(message.payload().unwrap_or_default());
+                }
+                if let Some(headers) = message.headers() {
+                    use rdkafka::message::Headers as _;
+                    for header in headers.iter() {
+                        std::hint::black_box((header.key, header.value));
+                    }
                 }
                 if let Some(commits) = commits {
                     commits.handled(
@@ -322,7 +457,13 @@ fn payload(load: &CeilingLoad, seq: u64, warmup: bool, recorder: Option<&Recorde
     stamp.payload(load.payload_bytes)
 }
 
-async fn memory(load: &CeilingLoad, recorder: Option<Arc<Recorder>>) -> Result<f64, String> {
+async fn memory(
+    load: &CeilingLoad,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<CeilingFigures, String> {
+    if load.publish_only {
+        return Err("a publish-only ceiling has no meaning for the memory backend".into());
+    }
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(load.max_in_flight.max(1));
     let consumer_recorder = recorder.clone();
     let (warmed, warmed_up) = tokio::sync::oneshot::channel();
@@ -348,33 +489,46 @@ async fn memory(load: &CeilingLoad, recorder: Option<Arc<Recorder>>) -> Result<f
         }
         (received.saturating_sub(warmup), Instant::now())
     });
-    for seq in 0..warmup {
-        sender
-            .send(payload(load, seq, true, None))
-            .await
-            .map_err(|_| "the channel closed".to_owned())?;
-    }
+    memory_send_all(&sender, load, warmup, true, None).await?;
     if warmup > 0 {
         warmed_up
             .await
             .map_err(|_| "the warm-up was not received".to_owned())?;
     }
-    let start = Instant::now();
-    for seq in 0..messages {
-        sender
-            .send(payload(load, seq, false, recorder.as_deref()))
-            .await
-            .map_err(|_| "the channel closed".to_owned())?;
-    }
+    let start = MeasuredPhase::begin();
+    memory_send_all(&sender, load, messages, false, recorder).await?;
     let (received, end) = consumer.await.map_err(|e| e.to_string())?;
-    Ok(received as f64 / (end - start).as_secs_f64())
+    Ok(start.figures(received, end))
+}
+
+/// Sends `messages` into the channel from the load's publishers, as the cell's publishers do.
+async fn memory_send_all(
+    sender: &tokio::sync::mpsc::Sender<Bytes>,
+    load: &CeilingLoad,
+    messages: u64,
+    warmup: bool,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<(), String> {
+    from_publishers(load, messages, |seqs, _window| {
+        let (sender, load, recorder) = (sender.clone(), load.clone(), recorder.clone());
+        async move {
+            for seq in seqs {
+                sender
+                    .send(payload(&load, seq, warmup, recorder.as_deref()))
+                    .await
+                    .map_err(|_| "the channel closed".to_owned())?;
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn kafka_ceiling(
     kafka: &crate::bus::KafkaConfig,
     load: &CeilingLoad,
     recorder: Option<Arc<Recorder>>,
-) -> Result<f64, String> {
+) -> Result<CeilingFigures, String> {
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -394,15 +548,27 @@ async fn kafka_ceiling(
             .set("bootstrap.servers", &kafka.bootstrap_servers)
             .create()
             .map_err(|e| e.to_string())?;
-    let topic = rdkafka::admin::NewTopic::new(
-        &load.topic,
-        kafka.partitions,
-        rdkafka::admin::TopicReplication::Fixed(kafka.replication_factor),
-    );
+    let names = load.topic_names();
+    let topics: Vec<_> = names
+        .iter()
+        .map(|name| {
+            rdkafka::admin::NewTopic::new(
+                name,
+                kafka.partitions,
+                rdkafka::admin::TopicReplication::Fixed(kafka.replication_factor),
+            )
+        })
+        .collect();
     admin
-        .create_topics([&topic], &rdkafka::admin::AdminOptions::new())
+        .create_topics(&topics, &rdkafka::admin::AdminOptions::new())
         .await
         .map_err(|e| e.to_string())?;
+    if load.publish_only {
+        kafka_send_all(&producer, load, load.warmup, true, None).await?;
+        let start = MeasuredPhase::begin();
+        kafka_send_all(&producer, load, load.messages, false, None).await?;
+        return Ok(start.figures(load.messages, Instant::now()));
+    }
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -413,12 +579,12 @@ async fn kafka_ceiling(
         consumer_config.set(key, value);
     }
     let consumer: StreamConsumer = consumer_config.create().map_err(|e| e.to_string())?;
-    consumer
-        .subscribe(&[&load.topic])
-        .map_err(|e| e.to_string())?;
+    let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer.subscribe(&subscribed).map_err(|e| e.to_string())?;
     // Wait for the assignment so that group joining is not counted as throughput.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+    let partitions = names.len() * kafka.partitions.max(1) as usize;
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) < partitions {
         if Instant::now() > deadline {
             return Err("the bare consumer got no partitions within 30s".into());
         }
@@ -444,7 +610,7 @@ async fn kafka_ceiling(
         )?;
     }
     let messages = load.messages;
-    let start = Instant::now();
+    let start = MeasuredPhase::begin();
     let ((), end) = tokio::try_join!(
         kafka_send_all(&producer, load, messages, false, recorder.clone()),
         kafka_receive(
@@ -455,7 +621,7 @@ async fn kafka_ceiling(
             commits.as_ref()
         )
     )?;
-    Ok(messages as f64 / (end - start).as_secs_f64())
+    Ok(start.figures(messages, end))
 }
 
 /// Sends `messages` records from the load's publishers, each with its share of the window.
@@ -471,6 +637,41 @@ async fn kafka_send_all(
         async move { kafka_send(&producer, &load, seqs, window, warmup, recorder.as_deref()).await }
     })
     .await
+}
+
+/// Acknowledgements a ceiling publisher waits for, at most `window` at once: past that it
+/// waits for the oldest, as the bus's window makes a cell's publishers wait.
+struct AckWindow<F> {
+    in_flight: VecDeque<F>,
+    window: usize,
+}
+
+impl<F: std::future::Future<Output = Result<(), String>>> AckWindow<F> {
+    fn new(window: usize) -> Self {
+        AckWindow {
+            in_flight: VecDeque::with_capacity(window),
+            window: window.max(1),
+        }
+    }
+
+    /// Adds an acknowledgement to come; with the window full, waits for the oldest.
+    async fn push(&mut self, ack: F) -> Result<(), String> {
+        self.in_flight.push_back(ack);
+        if self.in_flight.len() > self.window
+            && let Some(oldest) = self.in_flight.pop_front()
+        {
+            oldest.await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every acknowledgement still out.
+    async fn finish(self) -> Result<(), String> {
+        for ack in self.in_flight {
+            ack.await?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs the load's publishers as tasks of their own, each sending its share of `messages`
@@ -508,15 +709,36 @@ async fn kafka_send(
     warmup: bool,
     recorder: Option<&Recorder>,
 ) -> Result<(), String> {
-    let mut in_flight = VecDeque::with_capacity(window);
+    let names = load.topic_names();
+    let shapes = load.envelope_shapes();
+    let mut in_flight = AckWindow::new(window);
     for seq in seqs {
         let body = payload(load, seq, warmup, recorder);
-        let mut record: FutureRecord<'_, (), [u8]> =
-            FutureRecord::to(&load.topic).payload(&body[..]);
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(load.topic_of(&names, seq)).payload(&body[..]);
+        if let Some(shape) = load.shape_of(&shapes, seq) {
+            let mut headers =
+                rdkafka::message::OwnedHeaders::new_with_capacity(shape.headers.len());
+            for (key, value) in &shape.headers {
+                headers = headers.insert(rdkafka::message::Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            record = record.key(shape.key.as_str()).headers(headers);
+        }
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    in_flight.push_back(delivery);
+                    in_flight
+                        .push(async move {
+                            match delivery.await {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err((error, _))) => Err(error.to_string()),
+                                Err(canceled) => Err(canceled.to_string()),
+                            }
+                        })
+                        .await?;
                     break;
                 }
                 Err((
@@ -531,72 +753,74 @@ async fn kafka_send(
                 Err((error, _)) => return Err(format!("producing: {error}")),
             }
         }
-        if in_flight.len() >= window
-            && let Some(delivery) = in_flight.pop_front()
-        {
-            delivery
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|(e, _)| e.to_string())?;
-        }
     }
-    for delivery in in_flight {
-        delivery
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|(e, _)| e.to_string())?;
-    }
-    Ok(())
+    in_flight.finish().await
 }
 
 async fn nats_ceiling(
     nats: &crate::bus::NatsConfig,
     load: &CeilingLoad,
     recorder: Option<Arc<Recorder>>,
-) -> Result<f64, String> {
+) -> Result<CeilingFigures, String> {
     use async_nats::jetstream::{self, consumer, stream};
     let client = async_nats::connect(nats.url.as_str())
         .await
         .map_err(|e| e.to_string())?;
     let context = jetstream::new(client.clone());
-    let stream_name = nats_stream_name(load);
-    let stream = context
-        .get_or_create_stream(stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![load.topic.clone()],
-            storage: match nats.storage {
-                crate::bus::NatsStorage::File => stream::StorageType::File,
-                crate::bus::NatsStorage::Memory => stream::StorageType::Memory,
-            },
-            num_replicas: nats.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let pull: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "ceiling",
-            consumer::pull::Config {
-                durable_name: Some("ceiling".into()),
-                // The client ceiling acks every message, as the bus does after its handler.
-                ack_policy: if recorder.is_some() {
-                    consumer::AckPolicy::Explicit
-                } else {
-                    consumer::AckPolicy::None
+    // One stream and one pull consumer per topic, as the bus has; received as one stream.
+    let mut consumers = Vec::new();
+    for topic in load.topic_names() {
+        let stream = context
+            .get_or_create_stream(stream::Config {
+                name: nats_stream_name(&topic),
+                subjects: vec![topic.clone()],
+                storage: match nats.storage {
+                    crate::bus::NatsStorage::File => stream::StorageType::File,
+                    crate::bus::NatsStorage::Memory => stream::StorageType::Memory,
                 },
-                ack_wait: nats.ack_wait,
-                max_ack_pending: nats.max_ack_pending,
+                num_replicas: nats.replicas,
                 ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages_stream = pull
-        .stream()
-        .max_messages_per_batch(nats.fetch_batch)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if load.publish_only {
+            continue;
+        }
+        let pull: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                "ceiling",
+                consumer::pull::Config {
+                    durable_name: Some("ceiling".into()),
+                    // The client ceiling acks every message, as the bus does after its handler.
+                    ack_policy: if recorder.is_some() {
+                        consumer::AckPolicy::Explicit
+                    } else {
+                        consumer::AckPolicy::None
+                    },
+                    ack_wait: nats.ack_wait,
+                    max_ack_pending: nats.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        consumers.push(
+            pull.stream()
+                .max_messages_per_batch(nats.fetch_batch)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if load.publish_only {
+        nats_send_all(&context, load, load.warmup, true, None).await?;
+        let start = MeasuredPhase::begin();
+        nats_send_all(&context, load, load.messages, false, None).await?;
+        let figures = start.figures(load.messages, Instant::now());
+        let _ = client.drain().await;
+        return Ok(figures);
+    }
+    let mut messages_stream = futures::stream::select_all(consumers);
     if load.warmup > 0 {
         tokio::try_join!(
             nats_send_all(&context, load, load.warmup, true, recorder.clone()),
@@ -604,14 +828,14 @@ async fn nats_ceiling(
         )?;
     }
     let messages = load.messages;
-    let start = Instant::now();
+    let start = MeasuredPhase::begin();
     let ((), end) = tokio::try_join!(
         nats_send_all(&context, load, messages, false, recorder.clone()),
         nats_receive(&mut messages_stream, messages, recorder.as_deref())
     )?;
     drop(messages_stream);
     let _ = client.drain().await;
-    Ok(messages as f64 / (end - start).as_secs_f64())
+    Ok(start.figures(messages, end))
 }
 
 /// Publishes `messages` from the load's publishers, each with its share of the window.
@@ -639,21 +863,26 @@ async fn nats_send(
     warmup: bool,
     recorder: Option<&Recorder>,
 ) -> Result<(), String> {
-    let mut in_flight = VecDeque::with_capacity(window);
+    let names = load.topic_names();
+    let shapes = load.envelope_shapes();
+    let mut in_flight = AckWindow::new(window);
     for seq in seqs {
-        let ack = context
-            .publish(load.topic.clone(), payload(load, seq, warmup, recorder))
-            .await
-            .map_err(|e| e.to_string())?;
-        in_flight.push_back(ack);
-        if in_flight.len() >= window
-            && let Some(ack) = in_flight.pop_front()
-        {
-            ack.await.map_err(|e| e.to_string())?;
-        }
+        let subject = load.topic_of(&names, seq).to_owned();
+        let body = payload(load, seq, warmup, recorder);
+        let sent = match load.shape_of(&shapes, seq) {
+            Some(shape) => {
+                let mut headers = async_nats::HeaderMap::new();
+                for (key, value) in &shape.headers {
+                    headers.append(key.as_str(), value.as_str());
+                }
+                context.publish_with_headers(subject, headers, body).await
+            }
+            None => context.publish(subject, body).await,
+        };
+        let ack = sent.map_err(|e| e.to_string())?;
+        in_flight
+            .push(async move { ack.await.map(|_| ()).map_err(|e| e.to_string()) })
+            .await?;
     }
-    for ack in in_flight {
-        ack.await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    in_flight.finish().await
 }

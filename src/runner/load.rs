@@ -85,6 +85,10 @@ pub async fn publish(
         .step_by(plan.publishers as usize)
         .collect();
     let mut versions = vec![0u32; owned.len()];
+    let aggregate_ids: Vec<String> = match plan.mode {
+        Mode::Envelope => owned.iter().map(|a| format!("aggregate-{a}")).collect(),
+        Mode::Raw => Vec::new(),
+    };
     let (receipts, mut pending) =
         mpsc::channel::<(PublishReceipt, u64, u64)>(plan.in_flight_per_publisher.max(1));
     let collector_recorder = recorder.clone();
@@ -175,7 +179,7 @@ pub async fn publish(
                 };
                 let topic = &plan.topics[(aggregate % plan.topics.len() as u64) as usize];
                 let envelope = Envelope::new(
-                    format!("aggregate-{aggregate}"),
+                    aggregate_ids[slot].clone(),
                     "BenchmarkEvent",
                     i64::from(versions[slot]),
                     stamp.payload(plan.payload_bytes),

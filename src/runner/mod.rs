@@ -143,24 +143,36 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         None => scenario.backends.clone(),
     };
     let mut infrastructure_failure = false;
-    let mut ceilings: BTreeMap<BackendKind, Result<f64, String>> = BTreeMap::new();
-    let mut bare_ceilings: BTreeMap<BackendKind, f64> = BTreeMap::new();
+    // Per backend and mode: the client ceiling carries the records of the mode's cells.
+    let mut ceilings: BTreeMap<(BackendKind, Mode), Result<f64, String>> = BTreeMap::new();
+    let mut ceiling_cpu: BTreeMap<(BackendKind, Mode), f64> = BTreeMap::new();
+    let mut bare_ceilings: BTreeMap<(BackendKind, Mode), f64> = BTreeMap::new();
     // Backends the ceiling found unreachable: their cells fail at once with that error.
     let mut unreachable_backends: BTreeMap<BackendKind, String> = BTreeMap::new();
     let mut cells = Vec::new();
     let mut broker_versions = BTreeMap::new();
-    for &backend in &backends {
-        if scenario.ceiling {
+    'backends: for &backend in &backends {
+        if !scenario.ceiling {
+            continue;
+        }
+        for &mode in &scenario.modes {
             // As many ceiling runs as cell runs, and their median: one slow ceiling run must
             // not move every efficiency figure of the backend.
-            let (mut measured, mut bare) = (Vec::new(), Vec::new());
+            let (mut measured, mut bare, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
             let mut failure = None;
             'attempts: for attempt in 0..options.repeat.max(1) {
                 for fair in [true, false] {
-                    let id = format!("{run_id}c{attempt}{}", if fair { "" } else { "-bare" });
-                    match measure_ceiling(scenario, backend, options, &id, fair) {
-                        Ok(value) if fair => measured.push(value),
-                        Ok(value) => bare.push(value),
+                    let id = format!(
+                        "{run_id}c{attempt}{}{}",
+                        mode.name().chars().next().unwrap_or('m'),
+                        if fair { "" } else { "-bare" }
+                    );
+                    match measure_ceiling(scenario, backend, mode, options, &id, fair, false) {
+                        Ok(figures) if fair => {
+                            measured.push(figures.msgs_per_sec);
+                            cpu.push(figures.cpu_us_per_msg);
+                        }
+                        Ok(figures) => bare.push(figures.msgs_per_sec),
                         Err(e) => {
                             failure = Some(e);
                             break 'attempts;
@@ -172,26 +184,33 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
             }
             if !bare.is_empty() {
-                bare_ceilings.insert(backend, crate::metrics::model::median(&bare));
+                bare_ceilings.insert((backend, mode), crate::metrics::model::median(&bare));
             }
+            if !cpu.is_empty() {
+                ceiling_cpu.insert((backend, mode), crate::metrics::model::median(&cpu));
+            }
+            let unreachable = matches!(failure, Some(ceiling::CeilingError::Unreachable(_)));
             if let Some(ceiling::CeilingError::Unreachable(e)) = &failure {
                 unreachable_backends.insert(backend, e.clone());
             }
             let value = match failure.map(|e| e.to_string()) {
                 Some(e) => {
                     let e = crate::redact::text(&e);
-                    eprintln!("busbench: {backend}: client ceiling failed: {e}");
+                    eprintln!("busbench: {backend}/{mode}: client ceiling failed: {e}");
                     Err(e)
                 }
                 None => Ok(crate::metrics::model::median(&measured)),
             };
-            ceilings.insert(backend, value);
+            ceilings.insert((backend, mode), value);
+            if unreachable || interrupted() {
+                continue 'backends;
+            }
         }
     }
     for &mode in &scenario.modes {
         for &backend in &backends {
             let ceiling = ceilings
-                .get(&backend)
+                .get(&(backend, mode))
                 .and_then(|c| c.as_ref().ok().copied());
             if interrupted() {
                 break;
@@ -218,7 +237,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
             }
             let mut cell = representative(runs);
-            if let Some(Err(error)) = ceilings.get(&backend)
+            if let Some(Err(error)) = ceilings.get(&(backend, mode))
                 && cell.status != CellStatus::Interrupted
                 && !unreachable_backends.contains_key(&backend)
             {
@@ -226,7 +245,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     .push(format!("the client ceiling failed: {error}"));
                 cell.status = CellStatus::Failed;
             }
-            cell.bare_client_msgs_per_sec = bare_ceilings.get(&backend).copied();
+            cell.bare_client_msgs_per_sec = bare_ceilings.get(&(backend, mode)).copied();
+            cell.ceiling_cpu_us_per_msg = ceiling_cpu.get(&(backend, mode)).copied();
             flag_suspect_efficiency(&mut cell);
             cells.push(cell);
         }
@@ -360,13 +380,30 @@ fn new_runtime() -> tokio::runtime::Runtime {
         .expect("building a tokio runtime")
 }
 
-fn measure_ceiling(
+/// The bare client publishing the scenario's load alone, with no consumer, in messages per
+/// second: the figure to check against the brokers' own publish tools on the same machine.
+pub fn publish_ceiling(
     scenario: &Scenario,
     backend: BackendKind,
     options: &RunOptions,
+) -> Result<ceiling::CeilingFigures, ceiling::CeilingError> {
+    let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
+    let run_id = format!("{run_id}-publish");
+    measure_ceiling(scenario, backend, Mode::Raw, options, &run_id, false, true)
+}
+
+/// One ceiling run of `backend` in `mode`: the client ceiling (`fair`) or the bare client,
+/// end to end or (`publish_only`) publishing alone.
+fn measure_ceiling(
+    scenario: &Scenario,
+    backend: BackendKind,
+    mode: Mode,
+    options: &RunOptions,
     run_id: &str,
     fair: bool,
-) -> Result<f64, ceiling::CeilingError> {
+    publish_only: bool,
+) -> Result<ceiling::CeilingFigures, ceiling::CeilingError> {
+    let scenario = &scenario.for_backend(backend);
     let runtime = new_runtime();
     let config = bus_config(scenario, backend, options);
     let load = ceiling::CeilingLoad {
@@ -375,9 +412,12 @@ fn measure_ceiling(
         payload_bytes: scenario.payload_bytes,
         max_in_flight: scenario.max_in_flight,
         topic: format!("busbench.{}.{run_id}.ceiling", scenario.name),
+        topics: scenario.topics,
         timeout: scenario.timeout(),
         publishers: scenario.publishers,
         fair,
+        publish_only,
+        envelope_aggregates: (mode == Mode::Envelope).then_some(scenario.aggregates),
     };
     let outcome = runtime.block_on(ceiling::measure(&config, &load));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -816,6 +856,7 @@ fn run_cell(
     ceiling: Option<f64>,
     known_unreachable: Option<&str>,
 ) -> (CellResult, Option<String>, bool) {
+    let scenario = &scenario.for_backend(backend);
     release_freed_memory();
     reset_peak_rss();
     let runtime = new_runtime();
@@ -995,6 +1036,7 @@ fn run_cell(
         },
         ceiling_msgs_per_sec: ceiling,
         bare_client_msgs_per_sec: None,
+        ceiling_cpu_us_per_msg: None,
         efficiency: ceiling.filter(|c| *c > 0.0).map(|c| e2e_rate / c),
         work_per_msg: measured.as_ref().map_or_else(Default::default, |m| {
             m.work.1.per_message_since(&m.work.0, received.distinct)
@@ -1107,6 +1149,11 @@ async fn broker_version(backend: BackendKind, options: &RunOptions) -> Option<St
 
 /// Returns memory freed by earlier cells to the OS, so that each cell's RSS starts clean.
 fn release_freed_memory() {
+    // SAFETY: mi_collect only frees and returns unused memory of mimalloc's heaps.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
+    // The C libraries (librdkafka) allocate with the system's malloc.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe {
