@@ -133,6 +133,7 @@ pub async fn publish(
     let mut sent = 0;
     let mut send_errors = 0;
     let mut first_send_error = None;
+    let mut not_collected = 0;
     for k in 0..count {
         if stop.is_cancelled() {
             break;
@@ -196,6 +197,9 @@ pub async fn publish(
                 sent += 1;
                 sent_counter.fetch_add(1, Ordering::Relaxed);
                 if receipts.send((receipt, intended, seq)).await.is_err() {
+                    // The collector stopped while this publisher waited for room in the
+                    // window: the receipt it holds is never waited for.
+                    not_collected += 1;
                     break;
                 }
             }
@@ -218,7 +222,7 @@ pub async fn publish(
         sent,
         acknowledged: acks.acknowledged,
         errors: send_errors + acks.errors,
-        unconfirmed: acks.unconfirmed,
+        unconfirmed: acks.unconfirmed + not_collected,
         first_error: first_send_error.or(acks.first_error),
         latency: acks.histogram,
         last_ack_nanos: acks.last_ack,
