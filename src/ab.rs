@@ -479,8 +479,10 @@ fn resolve(build: &Build, dir: &Path) -> Result<(PathBuf, String), AbError> {
         Build::Current => {
             let exe = std::env::current_exe()
                 .map_err(|e| AbError::Infrastructure(format!("finding this executable: {e}")))?;
-            let commit = option_env!("BUSBENCH_GIT_COMMIT").unwrap_or("unknown");
-            Ok((exe, format!("this build (commit {commit})")))
+            Ok((
+                exe,
+                format!("this build (commit {})", crate::build_commit()),
+            ))
         }
         Build::Binary(path) => {
             if !path.is_file() {

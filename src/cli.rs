@@ -17,14 +17,29 @@ pub const EXIT_THRESHOLD: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code: a broker could not be reached, or another infrastructure failure.
 pub const EXIT_INFRASTRUCTURE: i32 = 3;
+/// Exit code: every cell passed its thresholds, but the comparison with a baseline (`run
+/// --baseline`, `compare`, `ab`) found a regression.
+pub const EXIT_REGRESSION: i32 = 4;
 /// Exit code: interrupted by SIGINT (Ctrl-C); the reports of what ran were written.
 pub const EXIT_SIGINT: i32 = 130;
 /// Exit code: stopped by SIGTERM; the reports of what ran were written.
 pub const EXIT_SIGTERM: i32 = 143;
 
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    every cell passed (and no regression against a baseline)
+  1    a cell failed a threshold (success rate, order, leaks, p99, publish errors) or lost
+       acknowledged messages
+  2    bad input or usage (scenario file, flags, baseline file)
+  3    a broker could not be reached, or another infrastructure failure (writing reports)
+  4    every cell passed, but a comparison with a baseline found a regression
+  130  interrupted by SIGINT (Ctrl-C); the reports of what ran were written
+  143  stopped by SIGTERM; the reports of what ran were written";
+
 /// Benchmarks an event bus on Apache Kafka and NATS JetStream, side by side.
 #[derive(Debug, Parser)]
-#[command(name = "busbench", version, about)]
+#[command(name = "busbench", about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,15 +49,48 @@ pub struct Cli {
 enum Command {
     /// Runs a scenario file and writes its reports.
     Run(RunArgs),
-    /// Compares a result with a baseline result; exit 1 on regression.
+    /// Compares a result with a baseline result; exit 4 on regression.
     Compare(CompareArgs),
     /// Runs a base build and the head interleaved on this machine and judges the head's
-    /// absolute figures with a statistical test; exit 1 on regression.
+    /// absolute figures with a statistical test; exit 4 on regression.
     Ab(AbArgs),
     /// Measures the bare client publishing a scenario's load alone (no consumer, no bus) on
     /// each broker backend: the figure to hold against the brokers' own publish tools
     /// (`nats bench js pub async`, Kafka's `ProducerPerformance`) on the same machine.
     Ceiling(CeilingArgs),
+    /// Prints a shell completion script (install: see the README).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff) of busbench.
+    Man,
+}
+
+/// What `run` and `compare` print on standard output; everything else (progress, the files
+/// written, diagnostics) goes to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// The comparison tables (drawn as `--style` says).
+    #[default]
+    Table,
+    /// The full result as JSON (`compare`: the comparison as JSON).
+    Json,
+    /// One row per cell (`compare`: per cell and metric) for spreadsheets.
+    Csv,
+    /// The markdown report (`compare`: the comparison in markdown).
+    Markdown,
+}
+
+/// How results are printed.
+#[derive(Debug, clap::Args)]
+struct OutputArgs {
+    /// What to print on standard output.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+    /// How tables on standard output are drawn.
+    #[arg(long, value_enum, default_value_t = report::TableStyle::Unicode)]
+    style: report::TableStyle,
 }
 
 #[derive(Debug, clap::Args)]
@@ -202,14 +250,16 @@ struct CompareArgs {
     current: PathBuf,
     #[command(flatten)]
     thresholds: ThresholdArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Which backends to run and where their brokers are.
 #[derive(Debug, clap::Args)]
 struct BrokerArgs {
-    /// Only these backends (comma-separated: kafka,nats,memory), overriding the scenario.
-    #[arg(long, value_delimiter = ',')]
-    backends: Option<Vec<String>>,
+    /// Only these backends (comma-separated), overriding the scenario.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    backends: Option<Vec<BackendKind>>,
     /// Kafka bootstrap servers.
     #[arg(
         long,
@@ -244,19 +294,50 @@ struct RunArgs {
     /// Runs of each cell; the median run is reported with the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
-    /// After the run, compare it with this baseline result; exit 1 on regression.
+    /// After the run, compare it with this baseline result; exit 4 on regression.
     #[arg(long)]
     baseline: Option<PathBuf>,
-    /// Save this run's result as a baseline file (written atomically).
+    /// Save this run's result as a baseline file (written atomically); refused when a cell
+    /// failed or the run was interrupted.
     #[arg(long)]
     save_baseline: Option<PathBuf>,
     #[command(flatten)]
     thresholds: ThresholdArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Also write the result as JUnit XML (one test case per cell and threshold) to this file.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Leave the run's topics (Kafka) and streams (NATS) on the brokers instead of deleting
+    /// them; the report names them.
+    #[arg(long)]
+    keep_topics: bool,
+}
+
+/// The version line: the package version, the commit it was built from, and `-dirty` when
+/// tracked files had uncommitted changes.
+pub fn version_text() -> String {
+    format!(
+        "{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::build_commit()
+    )
+}
+
+/// The command-line definition, with its version line.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let version: &'static str = Box::leak(version_text().into_boxed_str());
+    Cli::command().version(version)
 }
 
 /// Parses the command line, runs it, and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::FromArgMatches;
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -272,6 +353,25 @@ pub fn main() -> i32 {
         Command::Compare(args) => compare(args),
         Command::Ab(args) => ab(args),
         Command::Ceiling(args) => ceiling(args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command(), "busbench", &mut out);
+            say(String::from_utf8_lossy(&out).trim_end());
+            EXIT_OK
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(command()).render(&mut out) {
+                Ok(()) => {
+                    say(String::from_utf8_lossy(&out).trim_end());
+                    EXIT_OK
+                }
+                Err(error) => {
+                    eprintln!("error: rendering the man page: {error}");
+                    EXIT_INFRASTRUCTURE
+                }
+            }
+        }
     }
 }
 
@@ -295,6 +395,7 @@ fn ceiling(args: CeilingArgs) -> i32 {
         progress: false,
         scenario_file: args.scenario.clone(),
         repeat: 1,
+        keep_topics: false,
     };
     watch_for_signals();
     let mut status = EXIT_OK;
@@ -347,23 +448,16 @@ fn load_scenario(path: &std::path::Path, brokers: &BrokerArgs) -> Option<Scenari
 }
 
 /// The `--backends` list, each named once.
-fn parse_backends(names: Option<&[String]>) -> Result<Option<Vec<BackendKind>>, String> {
-    let Some(names) = names else {
+fn parse_backends(kinds: Option<&[BackendKind]>) -> Result<Option<Vec<BackendKind>>, String> {
+    let Some(kinds) = kinds else {
         return Ok(None);
     };
     let mut parsed = Vec::new();
-    for name in names {
-        match BackendKind::parse(name.trim()) {
-            Some(kind) if parsed.contains(&kind) => {
-                return Err(format!("--backends: {name} is listed twice"));
-            }
-            Some(kind) => parsed.push(kind),
-            None => {
-                return Err(format!(
-                    "--backends: unknown backend {name:?} (kafka, nats, memory)"
-                ));
-            }
+    for &kind in kinds {
+        if parsed.contains(&kind) {
+            return Err(format!("--backends: {kind} is listed twice"));
         }
+        parsed.push(kind);
     }
     Ok(Some(parsed))
 }
@@ -398,8 +492,9 @@ fn ab(args: AbArgs) -> i32 {
         args.brokers.nats_url,
     ];
     if let Some(backends) = &args.brokers.backends {
+        let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
         run_args.push("--backends".into());
-        run_args.push(backends.join(","));
+        run_args.push(names.join(","));
     }
     let build = |revision: Option<String>, binary: Option<PathBuf>| match (revision, binary) {
         (Some(revision), _) => crate::ab::Build::Revision(revision),
@@ -452,7 +547,7 @@ fn ab(args: AbArgs) -> i32 {
         }
     }
     if report.regressed() {
-        EXIT_THRESHOLD
+        EXIT_REGRESSION
     } else {
         EXIT_OK
     }
@@ -467,8 +562,16 @@ fn compare(args: CompareArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    report::set_terminal_style(args.output.style);
     let thresholds = args.thresholds.apply(current.scenario.settings.regression);
-    judge(&baseline, &current, &thresholds, &args.thresholds)
+    judge(
+        &baseline,
+        &current,
+        &thresholds,
+        &args.thresholds,
+        args.output.format,
+        &|text| say(text),
+    )
 }
 
 /// Compares, prints, and returns the exit code of a comparison.
@@ -477,10 +580,17 @@ fn judge(
     current: &crate::metrics::model::RunResult,
     thresholds: &RegressionThresholds,
     args: &ThresholdArgs,
+    format: OutputFormat,
+    print: &dyn Fn(&str),
 ) -> i32 {
     match compare::compare(baseline, current, thresholds, args.policy()) {
         Ok(comparison) => {
-            say(compare::terminal(&comparison, thresholds));
+            print(&match format {
+                OutputFormat::Table => compare::terminal(&comparison, thresholds),
+                OutputFormat::Markdown => compare::markdown(&comparison, thresholds),
+                OutputFormat::Csv => compare::csv(&comparison).trim_end().to_owned(),
+                OutputFormat::Json => compare::json(&comparison).to_string(),
+            });
             if let Some(path) = &args.comparison_markdown {
                 let text = compare::markdown(&comparison, thresholds);
                 if let Err(error) = report::write_atomically(path, text.as_bytes()) {
@@ -489,7 +599,7 @@ fn judge(
                 }
             }
             if comparison.regressed() {
-                EXIT_THRESHOLD
+                EXIT_REGRESSION
             } else {
                 EXIT_OK
             }
@@ -571,6 +681,7 @@ fn say(text: impl std::fmt::Display) {
 }
 
 fn run(args: RunArgs) -> i32 {
+    report::set_terminal_style(args.output.style);
     let Some(scenario) = load_scenario(&args.scenario, &args.brokers) else {
         return EXIT_USAGE;
     };
@@ -589,6 +700,7 @@ fn run(args: RunArgs) -> i32 {
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         scenario_file: args.scenario.clone(),
         repeat: args.repeat,
+        keep_topics: args.keep_topics,
     };
     let baseline = match &args.baseline {
         None => None,
@@ -606,11 +718,25 @@ fn run(args: RunArgs) -> i32 {
     }
     watch_for_signals();
     let outcome = runner::run(&scenario, &options);
-    say(report::table::terminal(&outcome.result));
-    match report::write_reports(&outcome.result, &args.out) {
+    let result = &outcome.result;
+    let printed = match args.output.format {
+        OutputFormat::Table => Ok(report::table::terminal(result).into_bytes()),
+        OutputFormat::Json => report::Exporter::render(&report::json::JsonExporter, result),
+        OutputFormat::Csv => report::Exporter::render(&report::csv::CsvExporter, result),
+        OutputFormat::Markdown => report::Exporter::render(
+            &report::markdown::MarkdownExporter { chart_file: None },
+            result,
+        ),
+    };
+    match printed {
+        Ok(bytes) => say(String::from_utf8_lossy(&bytes).trim_end()),
+        Err(error) => eprintln!("error: rendering the result: {error:#}"),
+    }
+    let mut status = EXIT_OK;
+    match report::write_reports(result, &args.out) {
         Ok(paths) => {
             for path in paths {
-                say(format_args!("wrote {}", path.display()));
+                eprintln!("wrote {}", path.display());
             }
         }
         Err(error) => {
@@ -618,15 +744,21 @@ fn run(args: RunArgs) -> i32 {
                 "error: writing the reports into {}: {error}",
                 args.out.display()
             );
-            return EXIT_INFRASTRUCTURE;
+            status = EXIT_INFRASTRUCTURE;
         }
     }
-    for cell in outcome
-        .result
-        .cells
-        .iter()
-        .filter(|c| !c.failures.is_empty())
-    {
+    if let Some(path) = &args.junit {
+        let written = report::Exporter::render(&report::junit::JunitExporter, result)
+            .and_then(|bytes| report::write_atomically(path, &bytes));
+        match written {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(error) => {
+                eprintln!("error: writing {}: {error:#}", path.display());
+                status = EXIT_INFRASTRUCTURE;
+            }
+        }
+    }
+    for cell in result.cells.iter().filter(|c| !c.failures.is_empty()) {
         eprintln!(
             "{}/{} failed: {}",
             cell.backend,
@@ -634,38 +766,89 @@ fn run(args: RunArgs) -> i32 {
             cell.failures.join("; ")
         );
     }
+    let interrupted = interrupted_exit_code();
     if let Some(path) = &args.save_baseline {
-        let bytes = match report::Exporter::render(&report::json::JsonExporter, &outcome.result) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                return EXIT_INFRASTRUCTURE;
-            }
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        if let Err(error) = report::write_atomically(path, &bytes) {
+        if let Some(refusal) = baseline_refusal(result, interrupted.is_some()) {
+            eprintln!(
+                "error: not saving the baseline {}: {refusal}",
+                path.display()
+            );
+            status = status.max(EXIT_THRESHOLD);
+        } else if let Err(error) = save_baseline(result, path) {
             eprintln!("error: saving the baseline {}: {error:#}", path.display());
-            return EXIT_INFRASTRUCTURE;
+            status = EXIT_INFRASTRUCTURE;
+        } else {
+            eprintln!("saved baseline {}", path.display());
         }
-        say(format_args!("saved baseline {}", path.display()));
     }
-    if let Some(code) = interrupted_exit_code() {
-        return code;
-    }
-    if outcome.infrastructure_failure {
-        return EXIT_INFRASTRUCTURE;
-    }
-    let mut code = if outcome.result.passed {
-        EXIT_OK
-    } else {
-        EXIT_THRESHOLD
-    };
-    if let Some(baseline) = &baseline {
+    let mut judged = EXIT_OK;
+    if let Some(baseline) = baseline.as_ref().filter(|_| interrupted.is_none()) {
         let thresholds = args.thresholds.apply(scenario.regression);
-        let judged = judge(baseline, &outcome.result, &thresholds, &args.thresholds);
-        code = code.max(judged);
+        // With a machine-readable format on standard output, the comparison goes to standard
+        // error so that standard output stays one document.
+        let print: &dyn Fn(&str) = match args.output.format {
+            OutputFormat::Table => &|text| say(text),
+            _ => &|text| eprintln!("{text}"),
+        };
+        let format = match args.output.format {
+            OutputFormat::Markdown => OutputFormat::Markdown,
+            _ => OutputFormat::Table,
+        };
+        judged = judge(
+            baseline,
+            result,
+            &thresholds,
+            &args.thresholds,
+            format,
+            print,
+        );
     }
-    code
+    // One outcome, the most serious first.
+    if let Some(code) = interrupted {
+        code
+    } else if outcome.infrastructure_failure || status == EXIT_INFRASTRUCTURE {
+        EXIT_INFRASTRUCTURE
+    } else if judged == EXIT_USAGE {
+        EXIT_USAGE
+    } else if !result.passed || status == EXIT_THRESHOLD {
+        EXIT_THRESHOLD
+    } else {
+        judged
+    }
+}
+
+/// Why a run must not become a baseline: a failed cell, or an interrupted run.
+pub fn baseline_refusal(
+    result: &crate::metrics::model::RunResult,
+    interrupted: bool,
+) -> Option<String> {
+    if interrupted
+        || result
+            .cells
+            .iter()
+            .any(|c| c.status == crate::metrics::model::CellStatus::Interrupted)
+    {
+        return Some("the run was interrupted".into());
+    }
+    let failed: Vec<String> = result
+        .cells
+        .iter()
+        .filter(|c| c.status != crate::metrics::model::CellStatus::Ok)
+        .map(|c| format!("{}/{}", c.backend, c.mode))
+        .collect();
+    if !failed.is_empty() {
+        return Some(format!("cells failed: {}", failed.join(", ")));
+    }
+    None
+}
+
+fn save_baseline(
+    result: &crate::metrics::model::RunResult,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let bytes = report::Exporter::render(&report::json::JsonExporter, result)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    report::write_atomically(path, &bytes)
 }

@@ -13,3 +13,15 @@ pub mod redact;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+
+/// The git commit this build came from (12 hex digits), with `-dirty` when tracked files had
+/// uncommitted changes at build time; `unknown` outside a git checkout.
+pub fn build_commit() -> String {
+    match option_env!("BUSBENCH_GIT_COMMIT") {
+        Some(commit) if option_env!("BUSBENCH_GIT_DIRTY") == Some("true") => {
+            format!("{commit}-dirty")
+        }
+        Some(commit) => commit.to_owned(),
+        None => "unknown".to_owned(),
+    }
+}

@@ -273,8 +273,8 @@ fn a_doubled_bus_cost_fails_the_machine_free_gate_and_a_tenth_does_not() {
             "slowdown not reached: {was:.0} -> {now:.0} msg/s"
         );
     }
-    // ...and the machine-free gate alone caught it.
-    assert_eq!(slow.status.code(), Some(1), "{slow_text}");
+    // ...and the machine-free gate alone caught it, with the regression's own exit code.
+    assert_eq!(slow.status.code(), Some(4), "{slow_text}");
     assert!(
         slow_text
             .lines()
@@ -333,7 +333,7 @@ fn the_ab_catches_a_doubled_bus_cost_and_passes_a_tenth() {
         (output, report)
     };
     let (slow, slow_report) = ab("slow", double);
-    assert_eq!(slow.status.code(), Some(1), "{}", text(&slow));
+    assert_eq!(slow.status.code(), Some(4), "{}", text(&slow));
     assert!(
         slow_report.starts_with("### busbench A/B: REGRESSION"),
         "{slow_report}"

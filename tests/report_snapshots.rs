@@ -77,6 +77,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
             context_switches: 0.05,
         },
         faults: vec![],
+        kept_topics: Vec::new(),
         warnings: if scale == 1.5 {
             vec!["bus efficiency 125% is above 100% by more than the noise (5%): the client ceiling was not a ceiling on this load; do not read it as the bus beating its client".into()]
         } else {
@@ -168,7 +169,7 @@ fn markdown_report_snapshot() {
 #[test]
 fn winners_and_ratios_follow_the_figures() {
     let (header, rows) = busbench::report::table::comparison_rows(&fixture(), Mode::Raw);
-    assert_eq!(header, ["raw", "kafka", "nats", "best"]);
+    assert_eq!(header, ["raw", "kafka", "nats", "best broker"]);
     let row = |name: &str| rows.iter().find(|r| r[0] == name).unwrap().clone();
     assert_eq!(
         row("end-to-end msg/s"),
@@ -182,6 +183,17 @@ fn winners_and_ratios_follow_the_figures() {
     assert_eq!(row("status"), ["status", "ok", "ok", ""]);
     let (_, envelope_rows) = busbench::report::table::comparison_rows(&fixture(), Mode::Envelope);
     assert_eq!(envelope_rows[0], ["status", "ok", "FAILED", ""]);
+
+    // The memory backend is a reference column: shown, never ranked, even when fastest.
+    let mut with_memory = fixture();
+    let mut memory = with_memory.cells[0].clone();
+    memory.backend = BackendKind::Memory;
+    memory.throughput.e2e_msgs_per_sec = 1_000_000.0;
+    with_memory.cells.insert(2, memory);
+    let (header, rows) = busbench::report::table::comparison_rows(&with_memory, Mode::Raw);
+    assert_eq!(header, ["raw", "kafka", "nats", "memory", "best broker"]);
+    let e2e = rows.iter().find(|r| r[0] == "end-to-end msg/s").unwrap();
+    assert_eq!(e2e[4], "kafka 2.00x", "{e2e:?}");
 }
 
 #[test]

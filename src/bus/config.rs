@@ -174,6 +174,20 @@ pub struct NatsConfig {
 }
 
 impl NatsConfig {
+    /// The JetStream stream holding `topic`: `prefix`, then the topic with the characters
+    /// that stream names may not hold replaced by `_`.
+    pub fn stream_name(prefix: &str, topic: &str) -> String {
+        let mut name = prefix.to_owned();
+        name.extend(topic.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        }));
+        name
+    }
+
     /// Defaults for the given URL.
     pub fn new(url: impl Into<String>) -> Self {
         NatsConfig {

@@ -94,15 +94,7 @@ impl NatsTransport {
     /// The stream holding `topic`: the prefix, then the topic with characters that stream
     /// names may not hold replaced by `_`.
     pub fn stream_name(&self, topic: &str) -> String {
-        let mut name = self.config.stream_prefix.clone();
-        name.extend(topic.chars().map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        }));
-        name
+        super::NatsConfig::stream_name(&self.config.stream_prefix, topic)
     }
 
     /// Makes sure the stream of `topic` exists.

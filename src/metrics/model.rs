@@ -252,6 +252,10 @@ pub struct CellResult {
     /// the ceiling was not one). A warning does not fail the cell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The topics (Kafka) or streams (NATS) this cell left on the broker for inspection
+    /// (`--keep-topics`); empty when they were deleted, as by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_topics: Vec<String>,
     /// Faults injected into the measured phase (`[[faults]]`), with what each did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<FaultResult>,

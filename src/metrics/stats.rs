@@ -129,10 +129,10 @@ pub fn median_change_interval(
         return None;
     }
     let change = median(head) / base_median - 1.0;
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = SplitMix64(seed);
     let mut draw = |set: &[f64], into: &mut Vec<f64>| {
         into.clear();
-        into.extend((0..set.len()).map(|_| set[rng.usize(..set.len())]));
+        into.extend((0..set.len()).map(|_| set[rng.below(set.len())]));
     };
     let (mut base_sample, mut head_sample) = (Vec::new(), Vec::new());
     let mut changes = Vec::with_capacity(resamples);
@@ -148,6 +148,24 @@ pub fn median_change_interval(
     let tail = (1.0 - confidence.clamp(0.0, 1.0)) / 2.0;
     let at = |q: f64| changes[((changes.len() - 1) as f64 * q).round() as usize];
     Some((change, at(tail), at(1.0 - tail)))
+}
+
+/// SplitMix64 (Steele, Lea and Flood): a small seeded generator, plenty for resampling.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (Lemire's multiply-shift; `n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    }
 }
 
 #[cfg(test)]

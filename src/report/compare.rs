@@ -622,3 +622,60 @@ pub fn terminal(comparison: &Comparison, thresholds: &RegressionThresholds) -> S
 pub fn markdown(comparison: &Comparison, thresholds: &RegressionThresholds) -> String {
     render(comparison, thresholds, true)
 }
+
+/// The comparison as JSON: the verdict, every metric's change, the correctness problems and
+/// the notes.
+pub fn json(comparison: &Comparison) -> serde_json::Value {
+    let changes: Vec<serde_json::Value> = comparison
+        .changes
+        .iter()
+        .map(|change| {
+            serde_json::json!({
+                "cell": change.cell,
+                "metric": change.metric,
+                "figure": change.class.label(),
+                "baseline": change.baseline,
+                "current": change.current,
+                "change_pct": change.change_pct,
+                "verdict": change.verdict.label().to_lowercase(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "regressed": comparison.regressed(),
+        "absolute_gated": comparison.absolute_gated,
+        "ratios_gated": comparison.ratios_gated,
+        "baseline_fingerprint": comparison.baseline_fingerprint.0,
+        "current_fingerprint": comparison.current_fingerprint.0,
+        "changes": changes,
+        "correctness": comparison.correctness,
+        "notes": comparison.notes,
+    })
+}
+
+/// The comparison as CSV: one row per cell and metric (`cell,metric,figure,baseline,current,
+/// change_pct,verdict`); correctness problems as rows whose metric is `correctness`.
+pub fn csv(comparison: &Comparison) -> String {
+    let mut out = String::from("cell,metric,figure,baseline,current,change_pct,verdict\n");
+    for change in &comparison.changes {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{}",
+            super::csv::quote(&change.cell),
+            super::csv::quote(change.metric),
+            change.class.label(),
+            change.baseline,
+            change.current,
+            change.change_pct,
+            change.verdict.label().to_lowercase()
+        );
+    }
+    for problem in &comparison.correctness {
+        let _ = writeln!(
+            out,
+            ",correctness,,,,,{}",
+            super::csv::quote(&format!("regressed: {problem}"))
+        );
+    }
+    out
+}

@@ -219,6 +219,27 @@ impl Exporter for MarkdownExporter {
             }
             writeln!(out)?;
         }
+        let kept: Vec<_> = result
+            .cells
+            .iter()
+            .filter(|c| !c.kept_topics.is_empty())
+            .collect();
+        if !kept.is_empty() {
+            writeln!(out, "## Topics and streams left on the brokers")?;
+            writeln!(out)?;
+            for cell in kept {
+                let names: Vec<String> =
+                    cell.kept_topics.iter().map(|t| format!("`{t}`")).collect();
+                writeln!(
+                    out,
+                    "- {}/{}: {}",
+                    cell.backend,
+                    cell.mode,
+                    names.join(", ")
+                )?;
+            }
+            writeln!(out)?;
+        }
         writeln!(
             out,
             "Latency is measured from the intended send time (so a stalled sender cannot hide \

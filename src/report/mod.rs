@@ -2,7 +2,9 @@
 
 pub mod ab;
 pub mod compare;
+pub mod csv;
 pub mod json;
+pub mod junit;
 pub mod markdown;
 pub mod svg;
 pub mod table;
@@ -10,18 +12,54 @@ pub mod table;
 use std::path::{Path, PathBuf};
 
 use comfy_table::Table;
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use comfy_table::presets::{ASCII_FULL_CONDENSED, ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 
 use crate::metrics::model::RunResult;
 
-/// An empty table in the reports' style: GitHub markdown, or box drawing for the terminal
-/// (never resized to a terminal's width, so output is the same wherever it goes).
+/// How tables printed on standard output are drawn (`--style`); files in markdown always use
+/// markdown tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TableStyle {
+    /// Box-drawing characters.
+    #[default]
+    Unicode,
+    /// Plain ASCII (`+`, `-`, `|`), for terminals and logs without UTF-8.
+    Ascii,
+    /// GitHub markdown.
+    Markdown,
+}
+
+static TERMINAL_STYLE: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses how tables for standard output are drawn, for the whole process.
+pub fn set_terminal_style(style: TableStyle) {
+    TERMINAL_STYLE.store(style as u8, Ordering::Relaxed);
+}
+
+fn terminal_style() -> TableStyle {
+    match TERMINAL_STYLE.load(Ordering::Relaxed) {
+        1 => TableStyle::Ascii,
+        2 => TableStyle::Markdown,
+        _ => TableStyle::Unicode,
+    }
+}
+
+/// An empty table in the reports' style: GitHub markdown, or for standard output the style
+/// chosen with [`set_terminal_style`] (never resized to a terminal's width, so output is the
+/// same wherever it goes).
 pub fn styled_table(markdown: bool) -> Table {
-    let mut table = Table::new();
-    table.load_style(if markdown {
-        ASCII_MARKDOWN
+    let style = if markdown {
+        TableStyle::Markdown
     } else {
-        UTF8_FULL_CONDENSED
+        terminal_style()
+    };
+    let mut table = Table::new();
+    table.load_style(match style {
+        TableStyle::Unicode => UTF8_FULL_CONDENSED,
+        TableStyle::Ascii => ASCII_FULL_CONDENSED,
+        TableStyle::Markdown => ASCII_MARKDOWN,
     });
     table.force_no_tty();
     table

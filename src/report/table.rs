@@ -4,7 +4,7 @@
 use comfy_table::{CellAlignment, Table};
 
 use crate::metrics::model::{CellResult, CellStatus, RunResult};
-use crate::scenario::Mode;
+use crate::scenario::{BackendKind, Mode};
 
 /// Which way a metric is better.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -252,9 +252,15 @@ pub fn comparison_rows(result: &RunResult, mode: Mode) -> (Vec<String>, Vec<Vec<
     let cells: Vec<&CellResult> = result.cells.iter().filter(|c| c.mode == mode).collect();
     let mut header = vec![format!("{mode}")];
     header.extend(cells.iter().map(|c| c.backend.name().to_owned()));
-    let ranked = cells.len() > 1;
+    // The question a reader has is which broker does better: the memory backend is a
+    // reference column, never ranked.
+    let ranked = cells
+        .iter()
+        .filter(|c| c.backend != BackendKind::Memory)
+        .count()
+        > 1;
     if ranked {
-        header.push("best".into());
+        header.push("best broker".into());
     }
     let mut rows = Vec::new();
     let mut status = vec!["status".to_owned()];
@@ -306,6 +312,7 @@ fn winner(cells: &[&CellResult], values: &[Option<f64>], better: Better) -> Stri
     let mut ranked: Vec<(f64, &str)> = values
         .iter()
         .zip(cells)
+        .filter(|(_, c)| c.backend != BackendKind::Memory)
         .filter_map(|(v, c)| v.map(|v| (v, c.backend.name())))
         .collect();
     if ranked.len() < 2 {

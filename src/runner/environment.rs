@@ -33,9 +33,7 @@ pub fn collect_environment(brokers: BTreeMap<String, String>) -> Environment {
         os: System::long_os_version().unwrap_or_else(|_| std::env::consts::OS.into()),
         kernel: System::kernel_version().unwrap_or_else(|_| "unknown".into()),
         busbench_version: env!("CARGO_PKG_VERSION").into(),
-        git_commit: option_env!("BUSBENCH_GIT_COMMIT")
-            .unwrap_or("unknown")
-            .to_owned(),
+        git_commit: crate::build_commit(),
         brokers,
         broker_addresses: BTreeMap::new(),
     }

@@ -86,6 +86,9 @@ pub struct RunOptions {
     pub scenario_file: PathBuf,
     /// Runs of each cell; the median run is reported, with the spread.
     pub repeat: u32,
+    /// Leave each cell's topics (Kafka) and streams (NATS) in place after the cell, for
+    /// inspection with the brokers' own tools; the report names them.
+    pub keep_topics: bool,
 }
 
 /// A run that could not be carried out at all.
@@ -448,6 +451,8 @@ struct Measured {
     work: (resources::WorkCounters, resources::WorkCounters),
     /// The faults injected into the measured phase.
     fault_runs: Vec<faults::FaultRun>,
+    /// The topics or streams left on the broker (`--keep-topics`).
+    kept_topics: Vec<String>,
 }
 
 /// How a cell failed before its measured phase produced figures.
@@ -541,6 +546,10 @@ async fn drive(
     let deadline = tokio::time::Instant::now() + timeout;
     let work_deadline = deadline - teardown_reserve(timeout);
     let config = bus_config(scenario, backend, options);
+    let kept_stream_prefix = match &config.backend {
+        crate::bus::BackendConfig::Nats(nats) => Some(nats.stream_prefix.clone()),
+        _ => None,
+    };
     let bus = match bounded(work_deadline, EventBus::connect(config)).await {
         Ok(Ok(bus)) => Arc::new(bus),
         Ok(Err(e)) => {
@@ -582,8 +591,10 @@ async fn drive(
         for subscription in subscriptions {
             let _ = subscription.close().await;
         }
-        for topic in topics.iter() {
-            let _ = bus.delete_topic(topic).await;
+        if !options.keep_topics {
+            for topic in topics.iter() {
+                let _ = bus.delete_topic(topic).await;
+            }
         }
         match Arc::into_inner(bus) {
             Some(bus) => bus.close().await,
@@ -615,6 +626,16 @@ async fn drive(
     };
     measured.broker_version = broker_version;
     measured.teardown_cut = teardown_cut;
+    if options.keep_topics {
+        measured.kept_topics = match &kept_stream_prefix {
+            Some(prefix) => topics
+                .iter()
+                .map(|t| crate::bus::NatsConfig::stream_name(prefix, t))
+                .collect(),
+            None if backend == BackendKind::Kafka => topics.to_vec(),
+            None => Vec::new(),
+        };
+    }
     if let Some(Err(e)) = close {
         measured.close_error = Some(format!("closing the bus: {e}"));
     }
@@ -844,6 +865,7 @@ async fn measure(
         teardown_cut: None,
         work: (work_at_start, work_at_end),
         fault_runs,
+        kept_topics: Vec::new(),
     })
 }
 
@@ -1042,6 +1064,10 @@ fn run_cell(
             m.work.1.per_message_since(&m.work.0, received.distinct)
         }),
         warnings: Vec::new(),
+        kept_topics: measured
+            .as_ref()
+            .map(|m| m.kept_topics.clone())
+            .unwrap_or_default(),
         faults: Vec::new(),
         repeats: None,
     };
@@ -1096,42 +1122,76 @@ fn run_cell(
 
 /// Checks a cell against the scenario's thresholds; any failure marks it failed.
 pub fn apply_thresholds(cell: &mut CellResult, scenario: &Scenario) {
-    let t = &scenario.thresholds;
-    if cell.success_rate < t.min_success_rate {
-        cell.failures.push(format!(
-            "success rate {:.4} is below {}",
-            cell.success_rate, t.min_success_rate
-        ));
-    }
-    if cell.order_violations > t.max_order_violations {
-        cell.failures.push(format!(
-            "{} order violations (at most {})",
-            cell.order_violations, t.max_order_violations
-        ));
-    }
-    if cell.tasks.leaked > t.max_leaked_tasks {
-        cell.failures.push(format!(
-            "{} tasks left after close (at most {})",
-            cell.tasks.leaked, t.max_leaked_tasks
-        ));
-    }
-    if cell.threads.leaked > t.max_leaked_threads {
-        cell.failures.push(format!(
-            "{} threads left after close (at most {})",
-            cell.threads.leaked, t.max_leaked_threads
-        ));
-    }
-    if let Some(limit_ms) = t.max_e2e_p99_ms {
-        let p99_ms = cell.latency_us.e2e.p99 as f64 / 1000.0;
-        if p99_ms > limit_ms {
-            cell.failures.push(format!(
-                "end-to-end p99 {p99_ms:.1} ms is above {limit_ms} ms"
-            ));
+    for check in threshold_checks(cell, &scenario.thresholds) {
+        if let Some(failure) = check.failure {
+            cell.failures.push(failure);
         }
     }
     if !cell.failures.is_empty() {
         cell.status = CellStatus::Failed;
     }
+}
+
+/// One `[thresholds]` limit checked against a cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdCheck {
+    /// What was checked, with its limit (`success rate >= 1`).
+    pub name: String,
+    /// Why the cell failed it; `None` when it passed.
+    pub failure: Option<String>,
+}
+
+/// Every threshold of `thresholds` checked against `cell`'s figures, in a fixed order (the
+/// end-to-end p99 only when the scenario sets it). Failed publishes beyond the allowance are
+/// judged by the run itself, which knows the first error.
+pub fn threshold_checks(cell: &CellResult, t: &crate::scenario::Thresholds) -> Vec<ThresholdCheck> {
+    let check = |name: String, failed: bool, failure: String| ThresholdCheck {
+        name,
+        failure: failed.then_some(failure),
+    };
+    let mut checks = vec![
+        check(
+            format!("success rate >= {}", t.min_success_rate),
+            cell.success_rate < t.min_success_rate,
+            format!(
+                "success rate {:.4} is below {}",
+                cell.success_rate, t.min_success_rate
+            ),
+        ),
+        check(
+            format!("order violations <= {}", t.max_order_violations),
+            cell.order_violations > t.max_order_violations,
+            format!(
+                "{} order violations (at most {})",
+                cell.order_violations, t.max_order_violations
+            ),
+        ),
+        check(
+            format!("leaked tasks <= {}", t.max_leaked_tasks),
+            cell.tasks.leaked > t.max_leaked_tasks,
+            format!(
+                "{} tasks left after close (at most {})",
+                cell.tasks.leaked, t.max_leaked_tasks
+            ),
+        ),
+        check(
+            format!("leaked threads <= {}", t.max_leaked_threads),
+            cell.threads.leaked > t.max_leaked_threads,
+            format!(
+                "{} threads left after close (at most {})",
+                cell.threads.leaked, t.max_leaked_threads
+            ),
+        ),
+    ];
+    if let Some(limit_ms) = t.max_e2e_p99_ms {
+        let p99_ms = cell.latency_us.e2e.p99 as f64 / 1000.0;
+        checks.push(check(
+            format!("end-to-end p99 <= {limit_ms} ms"),
+            p99_ms > limit_ms,
+            format!("end-to-end p99 {p99_ms:.1} ms is above {limit_ms} ms"),
+        ));
+    }
+    checks
 }
 
 async fn broker_version(backend: BackendKind, options: &RunOptions) -> Option<String> {
