@@ -32,9 +32,7 @@ impl PrivateNats {
     }
 
     fn spawn(port: u16, store: &Path) -> Child {
-        let binary = std::env::var("BUSBENCH_NATS_SERVER").expect(
-            "BUSBENCH_NATS_SERVER must name a nats-server binary (scripts/test.sh sets it)",
-        );
+        let binary = common::nats_server_binary();
         Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store)

@@ -1,7 +1,9 @@
 //! A NATS server restart in the middle of a run: the bus reconnects by itself, and every
 //! message whose publish it acknowledged to the caller is handled afterwards. The test runs a
-//! private nats-server (file storage, its own port and folder) from `BUSBENCH_NATS_SERVER`,
-//! which `scripts/test.sh` sets, so the shared brokers are not disturbed.
+//! private nats-server (file storage, its own port and folder) from `BUSBENCH_NATS_SERVER` or
+//! the binary `scripts/brokers.sh nats-bin` finds, so the shared brokers are not disturbed.
+
+mod common;
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -14,8 +16,7 @@ use bytes::Bytes;
 const PORT: u16 = 14_222;
 
 fn start_server(store: &std::path::Path) -> Child {
-    let binary = std::env::var("BUSBENCH_NATS_SERVER")
-        .expect("BUSBENCH_NATS_SERVER must name a nats-server binary (scripts/test.sh sets it)");
+    let binary = common::nats_server_binary();
     Command::new(binary)
         .args(["-js", "-a", "127.0.0.1", "-p", &PORT.to_string(), "-sd"])
         .arg(store)

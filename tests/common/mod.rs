@@ -47,3 +47,29 @@ pub fn config(backend: &str) -> BusConfig {
 pub fn unique(prefix: &str) -> String {
     format!("test.{prefix}.{}", uuid::Uuid::now_v7().simple())
 }
+
+/// The nats-server binary for tests that run a private server: `BUSBENCH_NATS_SERVER` when
+/// set, else the one `scripts/brokers.sh nats-bin` finds (or builds), the binary the shared
+/// broker runs from. Fails, naming what to set, when neither gives one: never skipped.
+pub fn nats_server_binary() -> String {
+    if let Ok(binary) = std::env::var("BUSBENCH_NATS_SERVER")
+        && !binary.is_empty()
+    {
+        return binary;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/brokers.sh");
+    let found = Command::new(script)
+        .arg("nats-bin")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .filter(|path| std::path::Path::new(path).is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no nats-server binary: `scripts/brokers.sh nats-bin` found none; set \
+             BUSBENCH_NATS_SERVER to the path of a nats-server binary"
+        )
+    })
+}
