@@ -1,7 +1,7 @@
 //! The regression gates: a baseline from another machine gates only machine-free figures; a
 //! deliberately slower bus (the `BUSBENCH_SLOWDOWN_NS` switch, burning CPU in every handler
 //! worker before each delivery) fails both the machine-free gate and the same-machine A/B, and
-//! a change of a tenth, inside the noise, fails neither.
+//! a change of a twentieth, inside the noise, fails neither.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -212,16 +212,19 @@ fn median_e2e(result: &RunResult) -> Vec<f64> {
 }
 
 /// Burn per delivery that doubles the costliest cell's CPU time per message (so every cell
-/// is at least about 2x slower), and a tenth of the cheapest one's.
+/// is at least about 2x slower), and a twentieth of the cheapest one's. The burn runs in the
+/// handler workers, on the pipeline's critical path, so it slows throughput by up to about
+/// twice its share of the CPU time (a tenth measured -23% on memory/raw in a debug build,
+/// past the 20% threshold): a twentieth stays a change inside the noise.
 fn calibrated(baseline: &RunResult) -> (u64, u64) {
     let cpu: Vec<f64> = baseline.cells.iter().map(|c| c.cpu_us_per_msg).collect();
     let most = cpu.iter().copied().fold(0.0, f64::max);
     let least = cpu.iter().copied().fold(f64::MAX, f64::min);
-    ((most * 1000.0) as u64, (least * 100.0) as u64)
+    ((most * 1000.0) as u64, (least * 50.0) as u64)
 }
 
 #[test]
-fn a_doubled_bus_cost_fails_the_machine_free_gate_and_a_tenth_does_not() {
+fn a_doubled_bus_cost_fails_the_machine_free_gate_and_a_twentieth_does_not() {
     let _one_at_a_time = measuring();
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("gate.toml");
@@ -254,7 +257,7 @@ fn a_doubled_bus_cost_fails_the_machine_free_gate_and_a_tenth_does_not() {
             .all(|c| c.work_per_msg.allocations.is_some_and(|a| a > 0.0)),
         "the binary counts allocations"
     );
-    let (double, tenth) = calibrated(&base);
+    let (double, twentieth) = calibrated(&base);
     let gate = [
         "--baseline",
         baseline_file.to_str().unwrap(),
@@ -282,12 +285,12 @@ fn a_doubled_bus_cost_fails_the_machine_free_gate_and_a_tenth_does_not() {
         "{slow_text}"
     );
 
-    let (near, _) = run("near", Some(tenth), &gate);
+    let (near, _) = run("near", Some(twentieth), &gate);
     assert_eq!(near.status.code(), Some(0), "{}", text(&near));
 }
 
 #[test]
-fn the_ab_catches_a_doubled_bus_cost_and_passes_a_tenth() {
+fn the_ab_catches_a_doubled_bus_cost_and_passes_a_twentieth() {
     let _one_at_a_time = measuring();
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("gate.toml");
@@ -304,7 +307,7 @@ fn the_ab_catches_a_doubled_bus_cost_and_passes_a_tenth() {
         None,
     );
     assert_eq!(probe.status.code(), Some(0), "{}", text(&probe));
-    let (double, tenth) = calibrated(&only_json(&probe_dir));
+    let (double, twentieth) = calibrated(&only_json(&probe_dir));
     let this = env!("CARGO_BIN_EXE_busbench");
     let ab = |name: &str, slowdown: u64| {
         let out = dir.path().join(name);
@@ -346,7 +349,7 @@ fn the_ab_catches_a_doubled_bus_cost_and_passes_a_tenth() {
             "{cell}: {slow_report}"
         );
     }
-    let (near, near_report) = ab("near", tenth);
+    let (near, near_report) = ab("near", twentieth);
     assert_eq!(
         near.status.code(),
         Some(0),
