@@ -274,6 +274,82 @@ struct BrokerArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
+}
+
+/// NATS authentication and TLS; each overrides the scenario's `[nats]` key of the same
+/// meaning. Secrets are masked in every output.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct NatsAuthArgs {
+    /// NATS credentials file (`.creds`).
+    #[arg(long, env = "BUSBENCH_NATS_CREDS")]
+    nats_creds: Option<String>,
+    /// NATS user (with a password).
+    #[arg(long, env = "BUSBENCH_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "BUSBENCH_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "BUSBENCH_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// Demand TLS from the NATS server.
+    #[arg(long)]
+    nats_tls: bool,
+    /// PEM file of the authorities to trust for the NATS server's certificate.
+    #[arg(long, env = "BUSBENCH_NATS_TLS_CA")]
+    nats_tls_ca: Option<String>,
+    /// PEM file of the client certificate for NATS (with --nats-tls-key).
+    #[arg(long, env = "BUSBENCH_NATS_TLS_CERT")]
+    nats_tls_cert: Option<String>,
+    /// PEM file of the client certificate's key.
+    #[arg(long, env = "BUSBENCH_NATS_TLS_KEY")]
+    nats_tls_key: Option<String>,
+}
+
+impl NatsAuthArgs {
+    /// Writes the flags given over the scenario's `[nats]` settings.
+    fn apply(&self, nats: &mut crate::scenario::NatsSection) {
+        let pairs = [
+            (&self.nats_creds, &mut nats.credentials_file),
+            (&self.nats_user, &mut nats.user),
+            (&self.nats_password, &mut nats.password),
+            (&self.nats_token, &mut nats.token),
+            (&self.nats_tls_ca, &mut nats.tls_ca_file),
+            (&self.nats_tls_cert, &mut nats.tls_cert_file),
+            (&self.nats_tls_key, &mut nats.tls_key_file),
+        ];
+        for (flag, setting) in pairs {
+            if let Some(value) = flag {
+                *setting = Some(value.clone());
+            }
+        }
+        nats.tls_required |= self.nats_tls;
+    }
+
+    /// The flags as given, to pass on to the runs of `ab`.
+    fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (flag, value) in [
+            ("--nats-creds", &self.nats_creds),
+            ("--nats-user", &self.nats_user),
+            ("--nats-password", &self.nats_password),
+            ("--nats-token", &self.nats_token),
+            ("--nats-tls-ca", &self.nats_tls_ca),
+            ("--nats-tls-cert", &self.nats_tls_cert),
+            ("--nats-tls-key", &self.nats_tls_key),
+        ] {
+            if let Some(value) = value {
+                args.push(flag.to_owned());
+                args.push(value.clone());
+            }
+        }
+        if self.nats_tls {
+            args.push("--nats-tls".to_owned());
+        }
+        args
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -312,6 +388,10 @@ struct RunArgs {
     /// them; the report names them.
     #[arg(long)]
     keep_topics: bool,
+    /// Override a scenario setting (repeatable): `--set messages=100000`, `--set
+    /// kafka.producer.linger.ms=10`; the report lists the overrides.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    overrides: Vec<(String, String)>,
 }
 
 /// The version line: the package version, the commit it was built from, and `-dirty` when
@@ -376,7 +456,7 @@ pub fn main() -> i32 {
 }
 
 fn ceiling(args: CeilingArgs) -> i32 {
-    let Some(scenario) = load_scenario(&args.scenario, &args.brokers) else {
+    let Some(scenario) = load_scenario(&args.scenario, &args.brokers, &[]) else {
         return EXIT_USAGE;
     };
     let backends = match parse_backends(args.brokers.backends.as_deref()) {
@@ -396,6 +476,7 @@ fn ceiling(args: CeilingArgs) -> i32 {
         scenario_file: args.scenario.clone(),
         repeat: 1,
         keep_topics: false,
+        overrides: Vec::new(),
     };
     watch_for_signals();
     let mut status = EXIT_OK;
@@ -432,12 +513,24 @@ fn ceiling(args: CeilingArgs) -> i32 {
 
 /// Loads the scenario with the brokers' and its own secrets registered for masking; on bad
 /// input, says why on one line and returns `None` (exit 2).
-fn load_scenario(path: &std::path::Path, brokers: &BrokerArgs) -> Option<Scenario> {
+fn load_scenario(
+    path: &std::path::Path,
+    brokers: &BrokerArgs,
+    overrides: &[(String, String)],
+) -> Option<Scenario> {
     crate::redact::register_url(&brokers.nats_url);
     crate::redact::register_url(&brokers.kafka_bootstrap);
-    match Scenario::load(path) {
-        Ok(scenario) => {
+    match Scenario::load_with_overrides(path, overrides) {
+        Ok(mut scenario) => {
+            brokers.nats_auth.apply(&mut scenario.nats);
             scenario.register_secrets();
+            if let Some((key, problem)) = scenario.nats.auth_problem() {
+                eprintln!(
+                    "error: NATS settings (the scenario's [nats] {key}, or its flag): {}",
+                    crate::redact::text(&problem)
+                );
+                return None;
+            }
             Some(scenario)
         }
         Err(error) => {
@@ -491,6 +584,7 @@ fn ab(args: AbArgs) -> i32 {
         "--nats-url".to_owned(),
         args.brokers.nats_url,
     ];
+    run_args.extend(args.brokers.nats_auth.to_args());
     if let Some(backends) = &args.brokers.backends {
         let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
         run_args.push("--backends".into());
@@ -682,7 +776,7 @@ fn say(text: impl std::fmt::Display) {
 
 fn run(args: RunArgs) -> i32 {
     report::set_terminal_style(args.output.style);
-    let Some(scenario) = load_scenario(&args.scenario, &args.brokers) else {
+    let Some(scenario) = load_scenario(&args.scenario, &args.brokers, &args.overrides) else {
         return EXIT_USAGE;
     };
     let backends = match parse_backends(args.brokers.backends.as_deref()) {
@@ -701,6 +795,7 @@ fn run(args: RunArgs) -> i32 {
         scenario_file: args.scenario.clone(),
         repeat: args.repeat,
         keep_topics: args.keep_topics,
+        overrides: args.overrides.clone(),
     };
     let baseline = match &args.baseline {
         None => None,

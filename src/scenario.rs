@@ -135,6 +135,38 @@ pub struct NatsSection {
     /// `rate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
+    /// A credentials file (`.creds`: the user's JWT and NKey seed), for servers with
+    /// decentralised authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// User name, with `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user's password; masked in every output. Better given as `--nats-password` or
+    /// `BUSBENCH_NATS_PASSWORD`, out of the scenario file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// An authentication token; masked in every output. Better given as `--nats-token` or
+    /// `BUSBENCH_NATS_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Demand TLS (implied by a `tls://` URL and by any TLS file below).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls_required: bool,
+    /// PEM file of the certificate authorities to trust for the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
+    /// PEM file of the client certificate, for servers that verify clients (with
+    /// `tls_key_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Default for NatsSection {
@@ -143,12 +175,63 @@ impl Default for NatsSection {
             storage: StorageKind::File,
             replicas: 1,
             rate: None,
+            credentials_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
 
 fn one() -> usize {
     1
+}
+
+impl NatsSection {
+    /// The first inconsistency of the authentication and TLS settings, as the key at fault
+    /// and what is wrong.
+    pub fn auth_problem(&self) -> Option<(&'static str, String)> {
+        match (&self.user, &self.password) {
+            (Some(_), None) => {
+                return Some((
+                    "user",
+                    "needs a password (`password`, `--nats-password`)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Some(("password", "needs a user (`user`, `--nats-user`)".into()));
+            }
+            _ => {}
+        }
+        if self.token.is_some() && self.user.is_some() {
+            return Some(("token", "a token and a user cannot both be given".into()));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let key = if self.tls_cert_file.is_some() {
+                "tls_cert_file"
+            } else {
+                "tls_key_file"
+            };
+            return Some((key, "needs both tls_cert_file and tls_key_file".into()));
+        }
+        for (key, path) in [
+            ("credentials_file", &self.credentials_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if let Some(path) = path
+                && !Path::new(path).is_file()
+            {
+                return Some((key, format!("{path}: no such file")));
+            }
+        }
+        None
+    }
 }
 
 /// The `[thresholds]` section: what a cell must achieve to pass.
@@ -197,6 +280,15 @@ impl Default for Thresholds {
         }
     }
 }
+
+/// Version of the workload hash's field list. The hash covers: the messages per cell (or the
+/// duration), warm-up, topics, Kafka partitions, aggregates, payload size, publishers, target
+/// rate (and the per-broker rates), the in-flight window, whether ceilings are measured, the
+/// Kafka properties (secret ones left out), NATS storage and replicas, and the faults. Not:
+/// the name, description, backends and modes (cells are matched one by one), the timeout,
+/// thresholds, regression limits or credentials. Bumped whenever that list changes, so that a
+/// baseline hashed under another list is told apart from a different workload.
+pub const WORKLOAD_HASH_VERSION: u32 = 1;
 
 /// The longest scenario name, in bytes.
 pub const MAX_NAME_BYTES: usize = 100;
@@ -466,6 +558,53 @@ impl Scenario {
         Scenario::parse(path, &source)
     }
 
+    /// Reads and checks a scenario file, then applies command-line overrides (`--set
+    /// KEY=VALUE`, dotted keys for tables: `kafka.producer."linger.ms"` is written
+    /// `kafka.producer.linger.ms`) and checks the result again. A value is read as TOML
+    /// (`100000`, `true`, `"30s"`), or as a string when it is not valid TOML (`30s`).
+    /// Problems of an override are named by its `--set` text.
+    pub fn load_with_overrides(
+        path: &Path,
+        overrides: &[(String, String)],
+    ) -> Result<Scenario, ScenarioError> {
+        let scenario = Scenario::load(path)?;
+        if overrides.is_empty() {
+            return Ok(scenario);
+        }
+        let text = overrides
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let refuse = |key: &str, message: String| ScenarioError {
+            path: PathBuf::from(format!("--set {text}")),
+            line: 0,
+            key: key.to_owned(),
+            message,
+        };
+        let mut document = toml::Value::try_from(&scenario)
+            .map_err(|e| refuse("-", format!("cannot apply the overrides: {e}")))?;
+        for (key, value) in overrides {
+            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut table| table.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            set_dotted(&mut document, key, value).map_err(|message| refuse(key, message))?;
+        }
+        let overridden: Scenario = document.try_into().map_err(|e: toml::de::Error| {
+            let key = overrides
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .find(|key| e.message().contains(key.rsplit('.').next().unwrap_or(key)))
+                .unwrap_or("-");
+            refuse(key, e.message().to_owned())
+        })?;
+        overridden
+            .check(path, "")
+            .map_err(|error| refuse(&error.key, error.message))?;
+        Ok(overridden)
+    }
+
     /// Parses and checks scenario text; `path` is used in messages.
     pub fn parse(path: &Path, source: &str) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario = toml::from_str(source).map_err(|error| {
@@ -670,6 +809,9 @@ impl Scenario {
                 "replicas",
                 "must be greater than 0".into(),
             ));
+        }
+        if let Some((key, problem)) = self.nats.auth_problem() {
+            return Err(fail(Some("nats"), key, problem));
         }
         self.check_bounds(&fail)?;
         self.check_kafka_properties(&fail)?;
@@ -978,6 +1120,12 @@ impl Scenario {
     /// Registers every secret the scenario holds (credential properties) with
     /// [`crate::redact`], so that no output repeats them.
     pub fn register_secrets(&self) {
+        for secret in [&self.nats.password, &self.nats.token]
+            .into_iter()
+            .flatten()
+        {
+            crate::redact::register(secret);
+        }
         for properties in [
             &self.kafka.properties,
             &self.kafka.producer,
@@ -997,6 +1145,12 @@ impl Scenario {
         copy.kafka.properties = crate::redact::properties(&self.kafka.properties);
         copy.kafka.producer = crate::redact::properties(&self.kafka.producer);
         copy.kafka.consumer = crate::redact::properties(&self.kafka.consumer);
+        for secret in [&mut copy.nats.password, &mut copy.nats.token]
+            .into_iter()
+            .flatten()
+        {
+            *secret = crate::redact::MASK.to_owned();
+        }
         copy
     }
 
@@ -1034,20 +1188,86 @@ impl Scenario {
         }
     }
 
-    /// FNV-1a 64 of the settings that shape the work (not the description, thresholds or
-    /// regression limits): two runs with the same hash did the same work.
+    /// The workload hash: `w<version>-` and the FNV-1a 64 of the fields that change what a
+    /// cell measures, listed explicitly (see [`WORKLOAD_HASH_VERSION`]). Two runs with the same
+    /// hash did the same work; adding a scenario field that does not change the work leaves
+    /// every hash as it was.
     pub fn workload_hash(&self) -> String {
-        let mut workload = self.clone();
-        workload.description.clear();
-        workload.thresholds = Thresholds::default();
-        workload.regression = RegressionThresholds::default();
-        crate::metrics::model::fnv1a_64_hex(&serde_json::to_vec(&workload).unwrap_or_default())
+        let kafka_properties = |properties: &BTreeMap<String, String>| {
+            properties
+                .iter()
+                .filter(|(key, _)| !crate::redact::is_secret_key(key))
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+        };
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|f| format!("{:?}@{:?}", f.run, f.at()))
+            .collect();
+        let workload = serde_json::json!({
+            "workload": match self.workload() {
+                Workload::Messages(messages) => format!("messages={messages}"),
+                Workload::Duration(duration) => format!("duration={duration:?}"),
+            },
+            "warmup": self.warmup,
+            "topics": self.topics,
+            "partitions": self.partitions,
+            "aggregates": self.aggregates,
+            "payload_bytes": self.payload_bytes,
+            "publishers": self.publishers,
+            "rate": self.rate,
+            "max_in_flight": self.max_in_flight,
+            "ceiling": self.ceiling,
+            "kafka": {
+                "properties": kafka_properties(&self.kafka.properties),
+                "producer": kafka_properties(&self.kafka.producer),
+                "consumer": kafka_properties(&self.kafka.consumer),
+                "rate": self.kafka.rate,
+            },
+            "nats": {
+                "storage": self.nats.storage,
+                "replicas": self.nats.replicas,
+                "rate": self.nats.rate,
+            },
+            "faults": faults,
+        });
+        let digest = crate::metrics::model::fnv1a_64_hex(workload.to_string().as_bytes());
+        format!("w{WORKLOAD_HASH_VERSION}-{digest}")
     }
 
     /// The bound on one cell.
     pub fn timeout(&self) -> Duration {
         parse_duration(&self.timeout).unwrap_or(Duration::from_secs(120))
     }
+}
+
+/// Sets `key` (dotted, for tables; tables are created as needed) in a TOML document.
+fn set_dotted(document: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), String> {
+    // A dotted librdkafka property inside `kafka.properties`/`producer`/`consumer` stays
+    // whole: `kafka.producer.linger.ms` sets the property `linger.ms`.
+    let parts: Vec<&str> = key.split('.').collect();
+    let (path, last): (Vec<&str>, String) = match parts.as_slice() {
+        [
+            "kafka",
+            table @ ("properties" | "producer" | "consumer"),
+            rest @ ..,
+        ] if !rest.is_empty() => (vec!["kafka", table], rest.join(".")),
+        [path @ .., last] if !last.is_empty() => (path.to_vec(), (*last).to_owned()),
+        _ => return Err("is not a key".into()),
+    };
+    let mut table = document
+        .as_table_mut()
+        .ok_or_else(|| "the scenario is not a table".to_owned())?;
+    for part in path {
+        table = table
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    table.insert(last, value);
+    Ok(())
 }
 
 /// The line of a byte offset, and the key written on that line.
@@ -1064,23 +1284,31 @@ fn locate_span(source: &str, offset: usize) -> (usize, String) {
 
 /// The line where `key` is set (inside `[table]` when given); 0 when it is not written.
 fn find_key_line(source: &str, table: Option<&str>, key: &str) -> usize {
-    let mut current_table: Option<String> = None;
-    for (index, line) in source.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            current_table = Some(trimmed.trim_matches(['[', ']']).trim().to_owned());
-            continue;
-        }
-        if current_table.as_deref() != table {
-            continue;
-        }
-        if let Some((name, _)) = trimmed.split_once('=')
-            && name.trim().trim_matches('"') == key
-        {
-            return index + 1;
+    // The parser's own spans: comments, quoting, dotted keys and inline tables are read as
+    // TOML reads them.
+    let Ok(root) = toml::de::DeTable::parse(source) else {
+        return 0;
+    };
+    let mut current = root.get_ref();
+    for part in table.into_iter().flat_map(|t| t.split('.')) {
+        let nested = current
+            .iter()
+            .find(|(name, _)| name.get_ref().as_ref() == part)
+            .map(|(_, value)| value.get_ref());
+        match nested {
+            Some(toml::de::DeValue::Table(inner)) => current = inner,
+            _ => return 0,
         }
     }
-    0
+    current
+        .iter()
+        .find(|(name, _)| name.get_ref().as_ref() == key)
+        .map_or(0, |(name, _)| {
+            source[..name.span().start.min(source.len())]
+                .matches('\n')
+                .count()
+                + 1
+        })
 }
 
 #[cfg(test)]
@@ -1097,6 +1325,86 @@ aggregates = 10
 
     fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         Scenario::parse(Path::new("s.toml"), text)
+    }
+
+    #[test]
+    fn every_bad_value_is_named_at_its_line_in_a_commented_template() {
+        let template = r#"# A template with comments everywhere.
+name = "t"            # the name
+backends = ["memory"] # where
+modes = ["raw", "envelope"]
+messages = 1000
+aggregates = 10
+
+[kafka.producer]  # producer settings
+"linger.ms" = "5" # batching
+
+[nats]  # stream settings
+replicas = 1      # one copy
+
+[thresholds] # what passes
+min_success_rate = 1.0
+
+[regression]   # what regresses
+significance = 0.05
+"#;
+        parse(template).unwrap();
+        let cases = [
+            ("replicas = 1 ", "replicas = 0 ", 12, "nats.replicas"),
+            (
+                "min_success_rate = 1.0",
+                "min_success_rate = 2.0",
+                15,
+                "thresholds.min_success_rate",
+            ),
+            (
+                "significance = 0.05",
+                "significance = 1.5",
+                18,
+                "regression.significance",
+            ),
+            ("messages = 1000", "messages = 0", 5, "messages"),
+        ];
+        for (good, bad, line, key) in cases {
+            let text = template.replace(good, bad);
+            assert_ne!(text, template, "{bad}");
+            let e = error(&text);
+            assert_eq!((e.line, e.key.as_str()), (line, key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_workload_hash_covers_the_work_and_nothing_else() {
+        let base = parse(GOOD).unwrap().workload_hash();
+        assert!(
+            base.starts_with(&format!("w{WORKLOAD_HASH_VERSION}-")),
+            "{base}"
+        );
+        assert_eq!(base.len(), "w1-".len() + 16);
+        let same_work = [
+            "description = \"another text\"\n",
+            "timeout = \"300s\"\n",
+            "[thresholds]\nmax_order_violations = 3\n",
+            "[regression]\nthroughput_drop_pct = 5.0\n",
+            "[kafka.properties]\n\"sasl.password\" = \"secret\"\n",
+        ];
+        for extra in same_work {
+            let hash = parse(&format!("{GOOD}{extra}")).unwrap().workload_hash();
+            assert_eq!(hash, base, "{extra:?} changed the hash");
+        }
+        let other_backends = GOOD.replace("backends = [\"memory\"]", "backends = [\"nats\"]");
+        assert_eq!(parse(&other_backends).unwrap().workload_hash(), base);
+        let other_work = [
+            GOOD.replace("messages = 1000", "messages = 1001"),
+            format!("{GOOD}payload_bytes = 256\n"),
+            format!("{GOOD}rate = 10\n"),
+            format!("{GOOD}[kafka.producer]\n\"linger.ms\" = \"7\"\n"),
+            format!("{GOOD}[nats]\nstorage = \"memory\"\n"),
+        ];
+        for text in other_work {
+            let hash = parse(&text).unwrap().workload_hash();
+            assert_ne!(hash, base, "{text:?} kept the hash");
+        }
     }
 
     #[test]

@@ -268,3 +268,57 @@ fn keep_topics_leaves_the_nats_streams_and_the_report_names_them() {
         }
     });
 }
+
+#[test]
+fn set_overrides_scenario_values_and_the_report_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = scenario(dir.path(), "");
+    let output = run(
+        dir.path(),
+        &file,
+        &[
+            "--set",
+            "messages=500",
+            "--set",
+            "payload_bytes=40",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let result: RunResult = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        result
+            .cells
+            .iter()
+            .all(|c| c.planned == 500 && c.received == 500)
+    );
+    assert_eq!(result.scenario.settings.payload_bytes, 40);
+    assert_eq!(
+        result.scenario.overrides,
+        ["messages=500", "payload_bytes=40"]
+    );
+    let plain = busbench::scenario::Scenario::load(&file).unwrap();
+    assert_ne!(result.scenario.hash, plain.workload_hash());
+    let markdown = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "md"))
+        .unwrap();
+    let markdown = std::fs::read_to_string(markdown).unwrap();
+    assert!(
+        markdown.contains("Overridden on the command line: `messages=500`, `payload_bytes=40`."),
+        "{markdown}"
+    );
+
+    for (set, key) in [("messages=0", "messages"), ("no_such_key=1", "no_such_key")] {
+        let refused = run(dir.path(), &file, &["--set", set]);
+        let stderr = text(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{set}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--set {set}")) && stderr.contains(key),
+            "{set}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    }
+}

@@ -98,8 +98,9 @@ fn fixture() -> RunResult {
         scenario: ScenarioInfo {
             name: "fixture".into(),
             file: "fixture.toml".into(),
-            hash: "0123456789abcdef".into(),
+            hash: "w1-0123456789abcdef".into(),
             settings,
+            overrides: Vec::new(),
         },
         environment: Environment {
             cpu_model: "Test CPU".into(),

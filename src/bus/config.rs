@@ -171,6 +171,11 @@ pub struct NatsConfig {
     pub token: Option<String>,
     /// Require TLS.
     pub tls_required: bool,
+    /// PEM file of the certificate authorities to trust for the server's certificate.
+    pub tls_ca_file: Option<String>,
+    /// PEM files of the client certificate and its private key, for servers that verify
+    /// clients.
+    pub tls_client_cert: Option<(String, String)>,
 }
 
 impl NatsConfig {
@@ -203,6 +208,8 @@ impl NatsConfig {
             user_password: None,
             token: None,
             tls_required: false,
+            tls_ca_file: None,
+            tls_client_cert: None,
         }
     }
 }

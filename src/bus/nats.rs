@@ -34,11 +34,40 @@ pub(crate) struct NatsTransport {
     ack_timeout: Duration,
 }
 
+/// Connection options with the configuration's authentication (credentials file, user and
+/// password, or token) and TLS (demanded, trusted authorities, client certificate) applied:
+/// what every NATS connection of busbench starts from.
+pub async fn connect_options(config: &NatsConfig) -> Result<async_nats::ConnectOptions, BusError> {
+    let mut options = async_nats::ConnectOptions::new().require_tls(
+        config.tls_required || config.tls_ca_file.is_some() || config.tls_client_cert.is_some(),
+    );
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| BusError::Config(format!("NATS credentials file {path}: {e}")))?;
+    }
+    if let Some((user, password)) = &config.user_password {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(path) = &config.tls_ca_file {
+        options = options.add_root_certificates(path.into());
+    }
+    if let Some((cert, key)) = &config.tls_client_cert {
+        options = options.add_client_certificate(cert.into(), key.into());
+    }
+    Ok(options)
+}
+
 impl NatsTransport {
     pub async fn connect(config: NatsConfig, bus: &BusConfig) -> Result<Self, BusError> {
         let disconnections = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let on_event = disconnections.clone();
-        let mut options = async_nats::ConnectOptions::new()
+        let options = connect_options(&config)
+            .await?
             .name("busbench")
             .event_callback(move |event| {
                 let disconnections = on_event.clone();
@@ -49,20 +78,7 @@ impl NatsTransport {
                 }
             })
             .connection_timeout(Duration::from_secs(10))
-            .client_capacity(bus.publish_window.max(2048))
-            .require_tls(config.tls_required);
-        if let Some(path) = &config.credentials_file {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| BusError::Config(format!("NATS credentials file {path}: {e}")))?;
-        }
-        if let Some((user, password)) = &config.user_password {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &config.token {
-            options = options.token(token.clone());
-        }
+            .client_capacity(bus.publish_window.max(2048));
         let client = options
             .connect(config.url.as_str())
             .await

@@ -44,6 +44,10 @@ pub struct ScenarioInfo {
     pub hash: String,
     /// Every setting, defaults filled in.
     pub settings: Scenario,
+    /// Settings changed on the command line (`--set KEY=VALUE`), as given; the settings
+    /// above include them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// The machine, software and brokers of a run.

@@ -47,6 +47,18 @@ pub enum CompareError {
         /// The current run's workload hash.
         current_hash: String,
     },
+    /// The two workload hashes were computed over different field lists (one of them by an
+    /// older busbench): the baseline must be recorded again.
+    #[error(
+        "the baseline's workload hash ({baseline}) was computed by another busbench version than \
+         this run's ({current}); record the baseline again with this version"
+    )]
+    HashVersion {
+        /// The baseline's workload hash.
+        baseline: String,
+        /// The current run's workload hash.
+        current: String,
+    },
     /// `--same-machine` was asked for, and the runs' environments differ.
     #[error(
         "--same-machine: the runs come from different environments (baseline: {baseline}; current: {current})"
@@ -334,6 +346,13 @@ pub fn compare(
     thresholds: &RegressionThresholds,
     policy: AbsolutePolicy,
 ) -> Result<Comparison, CompareError> {
+    let version = |hash: &str| hash.split_once('-').map(|(v, _)| v.to_owned());
+    if version(&baseline.scenario.hash) != version(&current.scenario.hash) {
+        return Err(CompareError::HashVersion {
+            baseline: baseline.scenario.hash.clone(),
+            current: current.scenario.hash.clone(),
+        });
+    }
     if baseline.scenario.hash != current.scenario.hash {
         return Err(CompareError::ScenarioMismatch {
             baseline_name: baseline.scenario.name.clone(),

@@ -108,6 +108,20 @@ impl Exporter for MarkdownExporter {
             result.scenario.file,
         )?;
         writeln!(out)?;
+        if !result.scenario.overrides.is_empty() {
+            let overrides: Vec<String> = result
+                .scenario
+                .overrides
+                .iter()
+                .map(|o| format!("`{o}`"))
+                .collect();
+            writeln!(
+                out,
+                "Overridden on the command line: {}.",
+                overrides.join(", ")
+            )?;
+            writeln!(out)?;
+        }
         writeln!(out, "## Comparison")?;
         writeln!(out)?;
         out.push_str(&table::markdown(result));

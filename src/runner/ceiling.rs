@@ -236,7 +236,10 @@ async fn reachable(config: &BusConfig) -> Result<(), String> {
             })
         }
         BackendConfig::Nats(nats) => {
-            let connect = async_nats::ConnectOptions::new()
+            let options = crate::bus::nats_connect_options(nats)
+                .await
+                .map_err(|e| e.to_string())?;
+            let connect = options
                 .connection_timeout(PROBE_TIMEOUT)
                 .connect(nats.url.as_str());
             match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
@@ -272,7 +275,11 @@ async fn clean_up(config: &BusConfig, load: &CeilingLoad) {
             }
         }
         BackendConfig::Nats(nats) => {
-            if let Ok(client) = async_nats::connect(nats.url.as_str()).await {
+            let connected = match crate::bus::nats_connect_options(nats).await {
+                Ok(options) => options.connect(nats.url.as_str()).await.ok(),
+                Err(_) => None,
+            };
+            if let Some(client) = connected {
                 let context = async_nats::jetstream::new(client.clone());
                 for topic in load.topic_names() {
                     let _ = context.delete_stream(nats_stream_name(&topic)).await;
@@ -763,7 +770,10 @@ async fn nats_ceiling(
     recorder: Option<Arc<Recorder>>,
 ) -> Result<CeilingFigures, String> {
     use async_nats::jetstream::{self, consumer, stream};
-    let client = async_nats::connect(nats.url.as_str())
+    let client = crate::bus::nats_connect_options(nats)
+        .await
+        .map_err(|e| e.to_string())?
+        .connect(nats.url.as_str())
         .await
         .map_err(|e| e.to_string())?;
     let context = jetstream::new(client.clone());

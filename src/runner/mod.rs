@@ -89,6 +89,8 @@ pub struct RunOptions {
     /// Leave each cell's topics (Kafka) and streams (NATS) in place after the cell, for
     /// inspection with the brokers' own tools; the report names them.
     pub keep_topics: bool,
+    /// Settings changed on the command line (`--set`), for the report.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// A run that could not be carried out at all.
@@ -126,6 +128,16 @@ pub fn bus_config(scenario: &Scenario, backend: BackendKind, options: &RunOption
                 StorageKind::Memory => NatsStorage::Memory,
             };
             nats.replicas = scenario.nats.replicas;
+            let section = &scenario.nats;
+            nats.credentials_file = section.credentials_file.clone();
+            nats.user_password = section.user.clone().zip(section.password.clone());
+            nats.token = section.token.clone();
+            nats.tls_required = section.tls_required;
+            nats.tls_ca_file = section.tls_ca_file.clone();
+            nats.tls_client_cert = section
+                .tls_cert_file
+                .clone()
+                .zip(section.tls_key_file.clone());
             BusConfig::new(crate::bus::BackendConfig::Nats(nats))
         }
     };
@@ -286,6 +298,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 file: options.scenario_file.display().to_string(),
                 hash: scenario.workload_hash(),
                 settings: scenario.redacted(),
+                overrides: options
+                    .overrides
+                    .iter()
+                    .map(|(key, value)| crate::redact::text(&format!("{key}={value}")))
+                    .collect(),
             },
             environment,
             started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -546,10 +563,11 @@ async fn drive(
     let deadline = tokio::time::Instant::now() + timeout;
     let work_deadline = deadline - teardown_reserve(timeout);
     let config = bus_config(scenario, backend, options);
-    let kept_stream_prefix = match &config.backend {
-        crate::bus::BackendConfig::Nats(nats) => Some(nats.stream_prefix.clone()),
+    let nats_config = match &config.backend {
+        crate::bus::BackendConfig::Nats(nats) => Some(nats.clone()),
         _ => None,
     };
+    let kept_stream_prefix = nats_config.as_ref().map(|n| n.stream_prefix.clone());
     let bus = match bounded(work_deadline, EventBus::connect(config)).await {
         Ok(Ok(bus)) => Arc::new(bus),
         Ok(Err(e)) => {
@@ -567,10 +585,13 @@ async fn drive(
             return Err(failure);
         }
     };
-    let broker_version = bounded(work_deadline, broker_version(backend, options))
-        .await
-        .ok()
-        .flatten();
+    let broker_version = bounded(
+        work_deadline,
+        broker_version(backend, options, nats_config.as_ref()),
+    )
+    .await
+    .ok()
+    .flatten();
     let topics: Arc<[String]> = (0..scenario.topics)
         .map(|i| format!("busbench.{}.{run_id}.{mode}.{i}", scenario.name))
         .collect();
@@ -1194,10 +1215,20 @@ pub fn threshold_checks(cell: &CellResult, t: &crate::scenario::Thresholds) -> V
     checks
 }
 
-async fn broker_version(backend: BackendKind, options: &RunOptions) -> Option<String> {
+async fn broker_version(
+    backend: BackendKind,
+    options: &RunOptions,
+    nats: Option<&crate::bus::NatsConfig>,
+) -> Option<String> {
     match backend {
         BackendKind::Nats => {
-            let client = async_nats::connect(options.nats_url.as_str()).await.ok()?;
+            let nats = nats?;
+            let client = crate::bus::nats_connect_options(nats)
+                .await
+                .ok()?
+                .connect(nats.url.as_str())
+                .await
+                .ok()?;
             let version = client.server_info().version;
             let _ = client.drain().await;
             Some(version)
