@@ -317,9 +317,14 @@ pub struct Scenario {
     /// Messages to send per cell (exclusive with `duration`).
     #[serde(default)]
     pub messages: Option<u64>,
-    /// How long to send per cell, such as `"30s"` (exclusive with `messages`).
-    #[serde(default)]
-    pub duration: Option<String>,
+    /// How long to send per cell, such as `"30s"` or `"2m 30s"` (exclusive with
+    /// `messages`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<Duration>,
     /// Messages sent and received before measuring, per cell.
     #[serde(default)]
     pub warmup: u64,
@@ -344,9 +349,9 @@ pub struct Scenario {
     /// Most publishes awaiting their acknowledgement at once.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
-    /// Bound on one cell, such as `"120s"`; a cell not finished by then fails.
-    #[serde(default = "default_timeout")]
-    pub timeout: String,
+    /// Bound on one cell, such as `"120s"` or `"10m"`; a cell not finished by then fails.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
     /// Also measure the client alone (no bus): the client ceiling (with acks or commits and
     /// the harness's accounting) and the bare client.
     #[serde(default = "yes")]
@@ -375,29 +380,30 @@ pub struct Scenario {
 pub struct Fault {
     /// When, into the measured phase, such as `"3s"`. A cell that finishes publishing and
     /// draining earlier reports the fault as not reached.
-    pub at: String,
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
     /// The command, run with `sh -c` in the current folder. `{backend}` becomes the cell's
     /// backend (`kafka` or `nats`); a command naming `{backend}` is skipped in memory cells.
     pub run: String,
     /// Bound on the command, such as `"120s"`; a command still running then is killed and the
     /// cell fails.
-    #[serde(default = "default_fault_timeout")]
-    pub timeout: String,
+    #[serde(default = "default_fault_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
-fn default_fault_timeout() -> String {
-    "120s".into()
+fn default_fault_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl Fault {
     /// When the fault runs, into the measured phase.
     pub fn at(&self) -> Duration {
-        parse_duration(&self.at).unwrap_or_default()
+        self.at
     }
 
     /// The bound on the command.
     pub fn timeout(&self) -> Duration {
-        parse_duration(&self.timeout).unwrap_or(Duration::from_secs(120))
+        self.timeout
     }
 
     /// The command for a cell of `backend`, or `None` when it does not apply there.
@@ -500,8 +506,8 @@ fn default_publishers() -> u32 {
 fn default_in_flight() -> usize {
     1024
 }
-fn default_timeout() -> String {
-    "120s".into()
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 fn yes() -> bool {
     true
@@ -528,22 +534,6 @@ pub struct ScenarioError {
     pub key: String,
     /// What is wrong.
     pub message: String,
-}
-
-/// Parses a duration such as `500ms`, `30s`, `2m` or `1h`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 impl Scenario {
@@ -681,38 +671,29 @@ impl Scenario {
                 ));
             }
             (Some(0), None) => return Err(fail(None, "messages", "must be greater than 0".into())),
-            (None, Some(text)) => match parse_duration(text) {
-                Some(d) if !d.is_zero() => {
-                    if self.rate == 0 {
-                        return Err(fail(
-                            None,
-                            "duration",
-                            "a duration needs a target rate (rate > 0), so the amount of work is known".into(),
-                        ));
-                    }
-                }
-                _ => {
-                    return Err(fail(
-                        None,
-                        "duration",
-                        format!("{text:?} is not a positive duration such as \"30s\""),
-                    ));
-                }
-            },
-            _ => {}
-        }
-        match parse_duration(&self.timeout) {
-            Some(d) if !d.is_zero() => {}
-            _ => {
+            (None, Some(duration)) if duration.is_zero() => {
                 return Err(fail(
                     None,
-                    "timeout",
-                    format!(
-                        "{:?} is not a positive duration such as \"120s\"",
-                        self.timeout
-                    ),
+                    "duration",
+                    "must be longer than 0, such as \"30s\"".into(),
                 ));
             }
+            (None, Some(_)) if self.rate == 0 => {
+                return Err(fail(
+                    None,
+                    "duration",
+                    "a duration needs a target rate (rate > 0), so the amount of work is known"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.timeout.is_zero() {
+            return Err(fail(
+                None,
+                "timeout",
+                "must be longer than 0, such as \"120s\"".into(),
+            ));
         }
         if self.topics == 0 {
             return Err(fail(None, "topics", "must be greater than 0".into()));
@@ -848,35 +829,24 @@ impl Scenario {
                 key: format!("faults.{key}"),
                 message,
             };
-            match parse_duration(&fault.at) {
-                Some(at) if at < timeout => {}
-                Some(_) => {
-                    return Err(fail(
-                        "at",
-                        format!(
-                            "{} is not before the cell's timeout of {}",
-                            fault.at, self.timeout
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(fail(
-                        "at",
-                        format!("{:?} is not a duration such as \"3s\"", fault.at),
-                    ));
-                }
+            if fault.at >= timeout {
+                return Err(fail(
+                    "at",
+                    format!(
+                        "{} is not before the cell's timeout of {}",
+                        humantime::format_duration(fault.at),
+                        humantime::format_duration(timeout)
+                    ),
+                ));
             }
-            match parse_duration(&fault.timeout) {
-                Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => {}
-                _ => {
-                    return Err(fail(
-                        "timeout",
-                        format!(
-                            "{:?} is not a positive duration such as \"120s\"",
-                            fault.timeout
-                        ),
-                    ));
-                }
+            if fault.timeout.is_zero() || fault.timeout > MAX_TIMEOUT {
+                return Err(fail(
+                    "timeout",
+                    format!(
+                        "must be longer than 0 and at most {}",
+                        humantime::format_duration(MAX_TIMEOUT)
+                    ),
+                ));
             }
             if fault.run.trim().is_empty() {
                 return Err(fail("run", "names no command".into()));
@@ -998,11 +968,15 @@ impl Scenario {
                 ),
             ));
         }
-        if parse_duration(&self.timeout).is_some_and(|d| d > MAX_TIMEOUT) {
+        if self.timeout > MAX_TIMEOUT {
             return Err(fail(
                 None,
                 "timeout",
-                format!("{} is longer than {MAX_TIMEOUT:?}", self.timeout),
+                format!(
+                    "{} is longer than {}",
+                    humantime::format_duration(self.timeout),
+                    humantime::format_duration(MAX_TIMEOUT)
+                ),
             ));
         }
         for (key, list) in [
@@ -1158,7 +1132,7 @@ impl Scenario {
     pub fn workload(&self) -> Workload {
         match (self.messages, &self.duration) {
             (Some(messages), _) => Workload::Messages(messages),
-            (None, Some(text)) => Workload::Duration(parse_duration(text).unwrap_or_default()),
+            (None, Some(duration)) => Workload::Duration(*duration),
             (None, None) => Workload::Messages(0),
         }
     }
@@ -1238,7 +1212,7 @@ impl Scenario {
 
     /// The bound on one cell.
     pub fn timeout(&self) -> Duration {
-        parse_duration(&self.timeout).unwrap_or(Duration::from_secs(120))
+        self.timeout
     }
 }
 
@@ -1437,11 +1411,18 @@ significance = 0.05
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
+        for (text, expected) in [
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1m 30s", Duration::from_secs(90)),
+        ] {
+            let scenario = parse(&format!("{GOOD}timeout = \"{text}\"\n")).unwrap();
+            assert_eq!(scenario.timeout(), expected, "{text}");
+        }
+        for bad in ["soon", "5 parsecs", "-3s"] {
+            let e = error(&format!("{GOOD}timeout = \"{bad}\"\n"));
+            assert_eq!((e.line, e.key.as_str()), (7, "timeout"), "{bad}: {e}");
+        }
     }
 
     fn error(text: &str) -> ScenarioError {

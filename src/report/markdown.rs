@@ -103,7 +103,7 @@ impl Exporter for MarkdownExporter {
                 }
                 rate
             },
-            scenario.timeout,
+            humantime::format_duration(scenario.timeout),
             result.scenario.hash,
             result.scenario.file,
         )?;
