@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -130,7 +131,7 @@ pub struct NatsSection {
     pub storage: StorageKind,
     /// Stream replicas.
     #[serde(default = "one")]
-    pub replicas: usize,
+    pub replicas: NonZeroUsize,
     /// The target rate of NATS's cells, messages per second, instead of the scenario's
     /// `rate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +174,7 @@ impl Default for NatsSection {
     fn default() -> Self {
         NatsSection {
             storage: StorageKind::File,
-            replicas: 1,
+            replicas: NonZeroUsize::MIN,
             rate: None,
             credentials_file: None,
             user: None,
@@ -187,8 +188,8 @@ impl Default for NatsSection {
     }
 }
 
-fn one() -> usize {
-    1
+fn one() -> NonZeroUsize {
+    NonZeroUsize::MIN
 }
 
 impl NatsSection {
@@ -330,7 +331,7 @@ pub struct Scenario {
     pub warmup: u64,
     /// Topics the messages are spread over.
     #[serde(default = "default_topics")]
-    pub topics: u32,
+    pub topics: NonZeroU32,
     /// Partitions per Kafka topic.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -342,13 +343,13 @@ pub struct Scenario {
     pub payload_bytes: usize,
     /// Concurrent publishing tasks.
     #[serde(default = "default_publishers")]
-    pub publishers: u32,
+    pub publishers: NonZeroU32,
     /// Target rate in messages per second over all publishers (0: as fast as possible).
     #[serde(default)]
     pub rate: u64,
     /// Most publishes awaiting their acknowledgement at once.
     #[serde(default = "default_in_flight")]
-    pub max_in_flight: usize,
+    pub max_in_flight: NonZeroUsize,
     /// Bound on one cell, such as `"120s"` or `"10m"`; a cell not finished by then fails.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -488,8 +489,8 @@ impl Default for RegressionThresholds {
     }
 }
 
-fn default_topics() -> u32 {
-    1
+fn default_topics() -> NonZeroU32 {
+    NonZeroU32::MIN
 }
 fn default_partitions() -> i32 {
     3
@@ -500,11 +501,11 @@ fn default_aggregates() -> u64 {
 fn default_payload() -> usize {
     128
 }
-fn default_publishers() -> u32 {
-    1
+fn default_publishers() -> NonZeroU32 {
+    NonZeroU32::MIN
 }
-fn default_in_flight() -> usize {
-    1024
+fn default_in_flight() -> NonZeroUsize {
+    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(120)
@@ -695,17 +696,8 @@ impl Scenario {
                 "must be longer than 0, such as \"120s\"".into(),
             ));
         }
-        if self.topics == 0 {
-            return Err(fail(None, "topics", "must be greater than 0".into()));
-        }
         if self.partitions <= 0 {
             return Err(fail(None, "partitions", "must be greater than 0".into()));
-        }
-        if self.publishers == 0 {
-            return Err(fail(None, "publishers", "must be greater than 0".into()));
-        }
-        if self.max_in_flight == 0 {
-            return Err(fail(None, "max_in_flight", "must be greater than 0".into()));
         }
         if self.payload_bytes < HARNESS_HEADER_BYTES {
             return Err(fail(
@@ -733,7 +725,7 @@ impl Scenario {
                 ));
             }
         }
-        if u64::from(self.publishers) > messages {
+        if u64::from(self.publishers.get()) > messages {
             return Err(fail(
                 None,
                 "publishers",
@@ -774,7 +766,9 @@ impl Scenario {
                 "must be a probability between 0 and 1, such as 0.05".into(),
             ));
         }
-        if self.modes.contains(&Mode::Envelope) && self.aggregates < u64::from(self.publishers) {
+        if self.modes.contains(&Mode::Envelope)
+            && self.aggregates < u64::from(self.publishers.get())
+        {
             return Err(fail(
                 None,
                 "aggregates",
@@ -782,13 +776,6 @@ impl Scenario {
                     "{} aggregates cannot give each of the {} publishers one of its own",
                     self.aggregates, self.publishers
                 ),
-            ));
-        }
-        if self.nats.replicas == 0 {
-            return Err(fail(
-                Some("nats"),
-                "replicas",
-                "must be greater than 0".into(),
             ));
         }
         if let Some((key, problem)) = self.nats.auth_problem() {
@@ -900,7 +887,7 @@ impl Scenario {
         )?;
         at_most(
             "topics",
-            self.topics.into(),
+            self.topics.get().into(),
             10_000,
             "one stream or topic each",
         )?;
@@ -912,7 +899,7 @@ impl Scenario {
         )?;
         at_most(
             "publishers",
-            self.publishers.into(),
+            self.publishers.get().into(),
             10_000,
             "one task each",
         )?;
@@ -946,7 +933,7 @@ impl Scenario {
         }
         at_most(
             "max_in_flight",
-            self.max_in_flight as u64,
+            self.max_in_flight.get() as u64,
             1_000_000,
             "acknowledgements awaited at once",
         )?;
@@ -956,7 +943,7 @@ impl Scenario {
             MAX_PAYLOAD_BYTES,
             "64 MiB",
         )?;
-        let in_flight_bytes = self.payload_bytes as u64 * self.max_in_flight as u64;
+        let in_flight_bytes = self.payload_bytes as u64 * self.max_in_flight.get() as u64;
         if in_flight_bytes > MAX_IN_FLIGHT_BYTES {
             return Err(fail(
                 None,
@@ -1248,12 +1235,35 @@ fn set_dotted(document: &mut toml::Value, key: &str, value: toml::Value) -> Resu
 fn locate_span(source: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(source.len());
     let line = source[..offset].matches('\n').count() + 1;
+    // The key whose value holds the offset, with its tables (`nats.replicas`), from the
+    // parser's spans; when the text does not parse, the key written on that line.
+    if let Ok(root) = toml::de::DeTable::parse(source)
+        && let Some(path) = key_at(root.get_ref(), offset)
+    {
+        return (line, path);
+    }
     let text = source.lines().nth(line - 1).unwrap_or("");
     let key = match text.split_once('=') {
         Some((key, _)) => key.trim().trim_matches('"').to_owned(),
         None => text.trim().trim_matches(['[', ']']).to_owned(),
     };
     (line, if key.is_empty() { "-".into() } else { key })
+}
+
+/// The dotted path of the innermost key whose name or value spans `offset`.
+fn key_at(table: &toml::de::DeTable<'_>, offset: usize) -> Option<String> {
+    for (name, value) in table {
+        // A table's own span may cover only its header, so its keys are searched whatever.
+        if let toml::de::DeValue::Table(inner) = value.get_ref()
+            && let Some(rest) = key_at(inner, offset)
+        {
+            return Some(format!("{}.{rest}", name.get_ref()));
+        }
+        if name.span().contains(&offset) || value.span().contains(&offset) {
+            return Some(name.get_ref().to_string());
+        }
+    }
+    None
 }
 
 /// The line where `key` is set (inside `[table]` when given); 0 when it is not written.
@@ -1446,7 +1456,7 @@ significance = 0.05
     #[test]
     fn an_unknown_key_in_a_section_is_named() {
         let e = error(&format!("{GOOD}[nats]\nstorage = \"file\"\nshards = 3\n"));
-        assert_eq!((e.line, e.key.as_str()), (9, "shards"));
+        assert_eq!((e.line, e.key.as_str()), (9, "nats.shards"));
     }
 
     #[test]

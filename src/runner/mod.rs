@@ -127,7 +127,7 @@ pub fn bus_config(scenario: &Scenario, backend: BackendKind, options: &RunOption
                 StorageKind::File => NatsStorage::File,
                 StorageKind::Memory => NatsStorage::Memory,
             };
-            nats.replicas = scenario.nats.replicas;
+            nats.replicas = scenario.nats.replicas.get();
             let section = &scenario.nats;
             nats.credentials_file = section.credentials_file.clone();
             nats.user_password = section.user.clone().zip(section.password.clone());
@@ -141,7 +141,7 @@ pub fn bus_config(scenario: &Scenario, backend: BackendKind, options: &RunOption
             BusConfig::new(crate::bus::BackendConfig::Nats(nats))
         }
     };
-    config.publish_window = scenario.max_in_flight;
+    config.publish_window = scenario.max_in_flight.get();
     let bound = scenario.timeout();
     config.publish_timeout = bound;
     config.ack_timeout = bound;
@@ -430,11 +430,11 @@ fn measure_ceiling(
         messages: scenario.total_messages(),
         warmup: scenario.warmup,
         payload_bytes: scenario.payload_bytes,
-        max_in_flight: scenario.max_in_flight,
+        max_in_flight: scenario.max_in_flight.get(),
         topic: format!("busbench.{}.{run_id}.ceiling", scenario.name),
-        topics: scenario.topics,
+        topics: scenario.topics.get(),
         timeout: scenario.timeout(),
-        publishers: scenario.publishers,
+        publishers: scenario.publishers.get(),
         fair,
         publish_only,
         envelope_aggregates: (mode == Mode::Envelope).then_some(scenario.aggregates),
@@ -592,7 +592,7 @@ async fn drive(
     .await
     .ok()
     .flatten();
-    let topics: Arc<[String]> = (0..scenario.topics)
+    let topics: Arc<[String]> = (0..scenario.topics.get())
         .map(|i| format!("busbench.{}.{run_id}.{mode}.{i}", scenario.name))
         .collect();
     let mut subscriptions = Vec::new();
@@ -759,12 +759,13 @@ async fn measure(
         topics: topics.clone(),
         messages: scenario.total_messages(),
         aggregates: scenario.aggregates,
-        publishers: scenario.publishers,
+        publishers: scenario.publishers.get(),
         rate: scenario.rate,
         payload_bytes: scenario.payload_bytes,
         in_flight_per_publisher: scenario
             .max_in_flight
-            .div_ceil(scenario.publishers as usize),
+            .get()
+            .div_ceil(scenario.publishers.get() as usize),
     });
     let stop = CancellationToken::new();
     let watchdog = tokio::spawn({
@@ -800,7 +801,7 @@ async fn measure(
             )))
         })
         .collect();
-    let publishers: Vec<_> = (0..scenario.publishers)
+    let publishers: Vec<_> = (0..scenario.publishers.get())
         .map(|index| {
             tokio::spawn(load::publish(
                 bus.clone(),
