@@ -328,27 +328,23 @@ impl NatsAuthArgs {
         nats.tls_required |= self.nats_tls;
     }
 
-    /// The flags as given, to pass on to the runs of `ab`.
-    fn to_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        for (flag, value) in [
-            ("--nats-creds", &self.nats_creds),
-            ("--nats-user", &self.nats_user),
-            ("--nats-password", &self.nats_password),
-            ("--nats-token", &self.nats_token),
-            ("--nats-tls-ca", &self.nats_tls_ca),
-            ("--nats-tls-cert", &self.nats_tls_cert),
-            ("--nats-tls-key", &self.nats_tls_key),
-        ] {
-            if let Some(value) = value {
-                args.push(flag.to_owned());
-                args.push(value.clone());
-            }
-        }
-        if self.nats_tls {
-            args.push("--nats-tls".to_owned());
-        }
-        args
+    /// The settings given, as the environment variables the runs of `ab` read: secrets stay
+    /// out of the runs' command lines (and `ps`), and a base build without these flags
+    /// ignores them instead of refusing its command line. (`--nats-tls` has no variable:
+    /// `ab` passes it as a flag.)
+    fn to_env(&self) -> Vec<(String, String)> {
+        [
+            ("BUSBENCH_NATS_CREDS", &self.nats_creds),
+            ("BUSBENCH_NATS_USER", &self.nats_user),
+            ("BUSBENCH_NATS_PASSWORD", &self.nats_password),
+            ("BUSBENCH_NATS_TOKEN", &self.nats_token),
+            ("BUSBENCH_NATS_TLS_CA", &self.nats_tls_ca),
+            ("BUSBENCH_NATS_TLS_CERT", &self.nats_tls_cert),
+            ("BUSBENCH_NATS_TLS_KEY", &self.nats_tls_key),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|value| (name.to_owned(), value)))
+        .collect()
     }
 }
 
@@ -584,7 +580,10 @@ fn ab(args: AbArgs) -> i32 {
         "--nats-url".to_owned(),
         args.brokers.nats_url,
     ];
-    run_args.extend(args.brokers.nats_auth.to_args());
+    if args.brokers.nats_auth.nats_tls {
+        run_args.push("--nats-tls".into());
+    }
+    let nats_env = args.brokers.nats_auth.to_env();
     if let Some(backends) = &args.brokers.backends {
         let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
         run_args.push("--backends".into());
@@ -602,8 +601,8 @@ fn ab(args: AbArgs) -> i32 {
         runs: args.runs,
         out: args.out,
         run_args,
-        base_env: args.base_env,
-        head_env: args.head_env,
+        base_env: [nats_env.clone(), args.base_env].concat(),
+        head_env: [nats_env, args.head_env].concat(),
         thresholds,
     };
     watch_for_signals();

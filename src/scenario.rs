@@ -575,21 +575,19 @@ impl Scenario {
         };
         let mut document = toml::Value::try_from(&scenario)
             .map_err(|e| refuse("-", format!("cannot apply the overrides: {e}")))?;
+        let mut overridden = scenario;
+        // One at a time, so that a value the scenario's types refuse is named by its key.
         for (key, value) in overrides {
             let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut table| table.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.clone()));
             set_dotted(&mut document, key, value).map_err(|message| refuse(key, message))?;
+            overridden = document
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| refuse(key, e.message().to_owned()))?;
         }
-        let overridden: Scenario = document.try_into().map_err(|e: toml::de::Error| {
-            let key = overrides
-                .iter()
-                .map(|(key, _)| key.as_str())
-                .find(|key| e.message().contains(key.rsplit('.').next().unwrap_or(key)))
-                .unwrap_or("-");
-            refuse(key, e.message().to_owned())
-        })?;
         overridden
             .check(path, "")
             .map_err(|error| refuse(&error.key, error.message))?;

@@ -303,7 +303,7 @@ fn kafka_client_config(
 }
 
 fn nats_stream_name(topic: &str) -> String {
-    format!("CEILING_{}", topic.replace(['.', '*', '>'], "_"))
+    crate::bus::NatsConfig::stream_name("CEILING_", topic)
 }
 
 /// Receives `messages` from a NATS pull consumer (transient errors skipped); with a recorder,
