@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::report::{self, compare};
 use crate::runner::{self, RunOptions};
-use crate::scenario::{BackendKind, RegressionThresholds, Scenario};
+use crate::scenario::{BackendKind, RegressionThresholds, Scenario, SearchSection};
 
 /// Exit code: every cell passed.
 pub const EXIT_OK: i32 = 0;
@@ -388,6 +388,25 @@ struct RunArgs {
     /// kafka.producer.linger.ms=10`; the report lists the overrides.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     overrides: Vec<(String, String)>,
+    /// Search each cell for the highest rate whose end-to-end p99 stays at or under a target
+    /// (`--p99`, or the scenario's `[search]` table): ramp up, then bisect; every step on
+    /// fresh topics. A cell where no rate passes fails (exit 1).
+    #[arg(long)]
+    find_max_rate: bool,
+    /// The rate search's end-to-end p99 target, such as `10ms` (replaces the scenario's
+    /// `[search] p99`).
+    #[arg(long, value_name = "DURATION", requires = "find_max_rate", value_parser = parse_p99)]
+    p99: Option<std::time::Duration>,
+}
+
+/// A latency target: a duration longer than 0.
+fn parse_p99(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (write a duration such as 10ms or 1.5s)"))?;
+    if duration.is_zero() {
+        return Err("must be longer than 0, such as 10ms".into());
+    }
+    Ok(duration)
 }
 
 /// The version line: the package version, the commit it was built from, and `-dirty` when
@@ -775,9 +794,31 @@ fn say(text: impl std::fmt::Display) {
 
 fn run(args: RunArgs) -> i32 {
     report::set_terminal_style(args.output.style);
-    let Some(scenario) = load_scenario(&args.scenario, &args.brokers, &args.overrides) else {
+    let Some(mut scenario) = load_scenario(&args.scenario, &args.brokers, &args.overrides) else {
         return EXIT_USAGE;
     };
+    if args.find_max_rate {
+        match (&mut scenario.search, args.p99) {
+            (Some(search), Some(p99)) => search.p99 = p99,
+            (None, Some(p99)) => scenario.search = Some(SearchSection::for_target(p99)),
+            (Some(_), None) => {}
+            (None, None) => {
+                eprintln!(
+                    "error: --find-max-rate needs a p99 target: --p99 10ms, or a [search] table \
+                     with p99 in {}",
+                    args.scenario.display()
+                );
+                return EXIT_USAGE;
+            }
+        }
+        if let Some((key, problem)) = scenario.search.as_ref().and_then(SearchSection::problem) {
+            eprintln!(
+                "error: {}: key `search.{key}` (with --find-max-rate): {problem}",
+                args.scenario.display()
+            );
+            return EXIT_USAGE;
+        }
+    }
     let backends = match parse_backends(args.brokers.backends.as_deref()) {
         Ok(backends) => backends,
         Err(error) => {
@@ -817,10 +858,9 @@ fn run(args: RunArgs) -> i32 {
         OutputFormat::Table => Ok(report::table::terminal(result).into_bytes()),
         OutputFormat::Json => report::Exporter::render(&report::json::JsonExporter, result),
         OutputFormat::Csv => report::Exporter::render(&report::csv::CsvExporter, result),
-        OutputFormat::Markdown => report::Exporter::render(
-            &report::markdown::MarkdownExporter { chart_file: None },
-            result,
-        ),
+        OutputFormat::Markdown => {
+            report::Exporter::render(&report::markdown::MarkdownExporter::default(), result)
+        }
     };
     match printed {
         Ok(bytes) => say(String::from_utf8_lossy(&bytes).trim_end()),

@@ -287,8 +287,10 @@ impl Default for Thresholds {
 /// rate (and the per-broker rates), the in-flight window, whether ceilings are measured, the
 /// Kafka properties (secret ones left out), NATS storage and replicas, and the faults. Not:
 /// the name, description, backends and modes (cells are matched one by one), the timeout,
-/// thresholds, regression limits or credentials. Bumped whenever that list changes, so that a
-/// baseline hashed under another list is told apart from a different workload.
+/// thresholds, regression limits or credentials. The handler's service time and the rate
+/// search are covered when set (a scenario without them hashes as before they existed).
+/// Bumped whenever that list changes for existing scenarios, so that a baseline hashed under
+/// another list is told apart from a different workload.
 pub const WORKLOAD_HASH_VERSION: u32 = 1;
 
 /// The longest scenario name, in bytes.
@@ -372,6 +374,143 @@ pub struct Scenario {
     /// Faults injected into every cell's measured phase (`[[faults]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// Simulated handler work (`[handler]`).
+    #[serde(default, skip_serializing_if = "HandlerSection::is_default")]
+    pub handler: HandlerSection,
+    /// A search for the highest rate under a p99 target (`[search]`): when present, each cell
+    /// runs the search instead of one run of `messages` or `duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSection>,
+}
+
+/// The `[handler]` section: work the benchmark's handler does for each message, standing for
+/// a real handler's call to a database or another service.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSection {
+    /// Each handled message occupies a simulated downstream for this long, such as
+    /// `"200us"`; the downstream serves one message at a time (its schedule runs on the
+    /// monotonic clock, not on sleeps adding up), so a cell can handle at most
+    /// 1 / service_time messages per second. End-to-end latency includes it. 0 (the default):
+    /// the handler only records the message.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub service_time: Duration,
+}
+
+impl HandlerSection {
+    fn is_default(&self) -> bool {
+        *self == HandlerSection::default()
+    }
+}
+
+/// The `[search]` section: find, per cell, the highest offered rate whose end-to-end p99
+/// stays at or under a target. The search offers `min_rate` first and doubles the rate until
+/// a step fails (or `max_rate` is reached), then bisects between the highest passing and the
+/// lowest failing rate until they are within `precision`. Each step runs on fresh topics.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSection {
+    /// The end-to-end p99 target, such as `"10ms"`.
+    #[serde(with = "humantime_serde")]
+    pub p99: Duration,
+    /// How long each step offers its rate, such as `"5s"`; at least one second.
+    #[serde(default = "default_search_step", with = "humantime_serde")]
+    pub step: Duration,
+    /// The first rate offered, msgs/s.
+    #[serde(default = "default_search_min_rate")]
+    pub min_rate: u64,
+    /// The highest rate offered, msgs/s.
+    #[serde(default = "default_search_max_rate")]
+    pub max_rate: u64,
+    /// The search ends when the lowest failing rate is within this share above the highest
+    /// passing one (0.1: within 10%).
+    #[serde(default = "default_search_precision")]
+    pub precision: f64,
+    /// How far below the offered rate the handled rate may fall in a passing step, as a
+    /// share (0.05: the subscribers handle at least 95% of the offered rate).
+    #[serde(default = "default_search_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_search_step() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_search_min_rate() -> u64 {
+    1000
+}
+fn default_search_max_rate() -> u64 {
+    1_000_000
+}
+fn default_search_precision() -> f64 {
+    0.1
+}
+fn default_search_tolerance() -> f64 {
+    0.05
+}
+
+impl SearchSection {
+    /// A search for `p99` with every other setting at its default.
+    pub fn for_target(p99: Duration) -> Self {
+        SearchSection {
+            p99,
+            step: default_search_step(),
+            min_rate: default_search_min_rate(),
+            max_rate: default_search_max_rate(),
+            precision: default_search_precision(),
+            tolerance: default_search_tolerance(),
+        }
+    }
+
+    /// The first setting that cannot be used, as its key and the reason.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.p99.is_zero() {
+            return Some(("p99", "must be longer than 0, such as \"10ms\"".into()));
+        }
+        if self.step < Duration::from_secs(1) {
+            return Some((
+                "step",
+                format!(
+                    "{} is shorter than 1s: a step needs whole seconds to judge its backlog",
+                    humantime::format_duration(self.step)
+                ),
+            ));
+        }
+        if self.step > MAX_TIMEOUT {
+            return Some(("step", "is longer than a week".into()));
+        }
+        if self.min_rate == 0 {
+            return Some(("min_rate", "must be greater than 0".into()));
+        }
+        if self.max_rate < self.min_rate {
+            return Some((
+                "max_rate",
+                format!(
+                    "{} is below min_rate {}: the bounds are reversed",
+                    self.max_rate, self.min_rate
+                ),
+            ));
+        }
+        if self.max_rate as f64 * self.step.as_secs_f64() > MAX_MESSAGES as f64 {
+            return Some((
+                "max_rate",
+                format!("max_rate x step is more than {MAX_MESSAGES} messages"),
+            ));
+        }
+        if !(self.precision > 0.0 && self.precision < 1.0) {
+            return Some(("precision", "must be between 0 and 1, such as 0.1".into()));
+        }
+        if !(0.0..1.0).contains(&self.tolerance) {
+            return Some((
+                "tolerance",
+                "must be at least 0 and below 1, such as 0.05".into(),
+            ));
+        }
+        None
+    }
 }
 
 /// A `[[faults]]` entry: a command run at a set time into each cell's measured phase, such as
@@ -603,8 +742,21 @@ impl Scenario {
             };
             let message = error.message().to_owned();
             // A missing field has no span of its own: name it from the message.
+            // Its error spans the table it is missing from: a `[table]` header names the table.
             let key = match message.strip_prefix("missing field `") {
-                Some(rest) => rest.trim_end_matches('`').to_owned(),
+                Some(rest) => {
+                    let field = rest.trim_end_matches('`');
+                    let header = error
+                        .span()
+                        .and_then(|span| source.get(span.start..))
+                        .and_then(|rest| rest.strip_prefix('['))
+                        .and_then(|rest| rest.split_once(']'))
+                        .map(|(table, _)| table.trim_matches(|c| c == '[' || c == ' '));
+                    match header {
+                        Some(table) => format!("{table}.{field}"),
+                        None => field.to_owned(),
+                    }
+                }
                 None => key,
             };
             ScenarioError {
@@ -662,6 +814,7 @@ impl Scenario {
                     "give either messages or duration, not both".into(),
                 ));
             }
+            (None, None) if self.search.is_some() => {}
             (None, None) => {
                 return Err(fail(
                     None,
@@ -707,7 +860,11 @@ impl Scenario {
                 ),
             ));
         }
-        let messages = self.total_messages();
+        // A rate search's smallest step is its first.
+        let messages = match &self.search {
+            Some(search) => (search.min_rate as f64 * search.step.as_secs_f64()).round() as u64,
+            None => self.total_messages(),
+        };
         if self.modes.contains(&Mode::Envelope) {
             if self.aggregates == 0 {
                 return Err(fail(None, "aggregates", "must be greater than 0".into()));
@@ -782,6 +939,9 @@ impl Scenario {
         self.check_bounds(&fail)?;
         self.check_kafka_properties(&fail)?;
         self.check_faults(path, source)?;
+        if let Some((key, message)) = self.search.as_ref().and_then(SearchSection::problem) {
+            return Err(fail(Some("search"), key, message));
+        }
         Ok(())
     }
 
@@ -1191,6 +1351,24 @@ impl Scenario {
             },
             "faults": faults,
         });
+        // Added to the list after version 1 without changing any hash of version 1: present
+        // only when set.
+        let mut workload = workload;
+        if !self.handler.service_time.is_zero() {
+            workload["service_time"] =
+                serde_json::json!(format!("{:?}", self.handler.service_time));
+        }
+        if let Some(search) = &self.search {
+            workload["search"] = serde_json::json!(format!(
+                "p99={:?} step={:?} rates={}..{} precision={} tolerance={}",
+                search.p99,
+                search.step,
+                search.min_rate,
+                search.max_rate,
+                search.precision,
+                search.tolerance
+            ));
+        }
         let digest = crate::metrics::model::fnv1a_64_hex(workload.to_string().as_bytes());
         format!("w{WORKLOAD_HASH_VERSION}-{digest}")
     }
@@ -1382,7 +1560,16 @@ significance = 0.05
             format!("{GOOD}rate = 10\n"),
             format!("{GOOD}[kafka.producer]\n\"linger.ms\" = \"7\"\n"),
             format!("{GOOD}[nats]\nstorage = \"memory\"\n"),
+            format!("{GOOD}[handler]\nservice_time = \"1ms\"\n"),
+            format!("{GOOD}[search]\np99 = \"10ms\"\n"),
         ];
+        assert_eq!(
+            parse(&format!("{GOOD}[handler]\nservice_time = \"0s\"\n"))
+                .unwrap()
+                .workload_hash(),
+            base,
+            "an explicit default service time is the same work"
+        );
         for text in other_work {
             let hash = parse(&text).unwrap().workload_hash();
             assert_ne!(hash, base, "{text:?} kept the hash");
@@ -1500,6 +1687,35 @@ significance = 0.05
         }
         let e = error(&format!("{GOOD}[thresholds]\nmin_success_rate = 1.5\n"));
         assert_eq!((e.key.as_str(), e.line), ("thresholds.min_success_rate", 8));
+    }
+
+    #[test]
+    fn a_search_that_cannot_run_is_named_at_its_line() {
+        for (table, key, line) in [
+            ("p99 = \"0s\"\n", "search.p99", 8),
+            ("p99 = \"-5ms\"\n", "search.p99", 8),
+            ("p99 = \"10ms\"\nstep = \"500ms\"\n", "search.step", 9),
+            (
+                "p99 = \"10ms\"\nmin_rate = 5000\nmax_rate = 100\n",
+                "search.max_rate",
+                10,
+            ),
+            ("p99 = \"10ms\"\nprecision = 0.0\n", "search.precision", 9),
+            ("step = \"5s\"\n", "search.p99", 7),
+        ] {
+            let e = error(&format!("{GOOD}[search]\n{table}"));
+            assert_eq!((e.key.as_str(), e.line), (key, line), "{table}: {e}");
+        }
+        let searched = parse(&format!(
+            "{}[search]\np99 = \"10ms\"\n",
+            GOOD.replace("messages = 1000\n", "")
+        ))
+        .unwrap();
+        assert_eq!(
+            searched.search.unwrap().min_rate,
+            1000,
+            "no workload is needed"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         latency::record(&mut e2e, (v as f64 * scale) as u64);
     }
     let p = Percentiles::of(&e2e);
-    CellResult {
+    let mut cell = CellResult {
         backend,
         mode,
         status: if scale > 2.0 {
@@ -84,7 +84,63 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
             vec![]
         },
         repeats: None,
+        timeline: Vec::new(),
+        timeline_summary: None,
+        search: None,
+    };
+    let (mut acknowledged, mut handled) = (0, 0);
+    cell.timeline = (0..4u32)
+        .map(|second| {
+            let offered = if second < 3 { 400 } else { 0 };
+            let handled_now = ((1200.0 / scale / 3.0) as u64).min(1200 - handled);
+            acknowledged += offered;
+            handled += handled_now;
+            TimelineSecond {
+                second,
+                offered,
+                acknowledged: offered,
+                handled: handled_now,
+                backlog: acknowledged - handled,
+                e2e_p50_us: Some(p.p50),
+                e2e_p99_us: Some(p.p99),
+            }
+        })
+        .collect();
+    cell.timeline_summary = busbench::metrics::timeline::summarise(&cell.timeline);
+    if backend == BackendKind::Kafka && mode == Mode::Raw {
+        let step = |rate: u64, p99: u64, reasons: Vec<String>| SearchStep {
+            offered_rate: rate,
+            passed: reasons.is_empty(),
+            reasons,
+            planned: rate * 5,
+            sent: rate * 5,
+            received: rate * 5,
+            lost: 0,
+            handled_per_sec: rate as f64,
+            e2e_p50_us: p99 / 3,
+            e2e_p99_us: p99,
+            publish_p99_us: p99 / 2,
+            peak_backlog: rate / 100,
+            backlog_growing: false,
+        };
+        cell.search = Some(RateSearch {
+            target_p99_us: 10_000,
+            step_seconds: 5.0,
+            max_rate: Some(4000),
+            ended: "the precision of 10% was reached".into(),
+            steps: vec![
+                step(1000, 2000, vec![]),
+                step(2000, 3000, vec![]),
+                step(4000, 8000, vec![]),
+                step(
+                    8000,
+                    50_000,
+                    vec!["end-to-end p99 50.0 ms is above the target of 10.0 ms".into()],
+                ),
+            ],
+        });
     }
+    cell
 }
 
 fn fixture() -> RunResult {
@@ -161,6 +217,8 @@ fn terminal_table_snapshot() {
 fn markdown_report_snapshot() {
     let bytes = MarkdownExporter {
         chart_file: Some("fixture-latency.svg".into()),
+        timeline_chart_file: Some("fixture-timeline.svg".into()),
+        search_chart_file: Some("fixture-max-rate.svg".into()),
     }
     .render(&fixture())
     .unwrap();
@@ -203,9 +261,7 @@ fn an_efficiency_above_one_is_marked_and_never_best() {
     let row = rows.iter().find(|r| r[0] == "bus efficiency").unwrap();
     assert_eq!(row[1], "125.00% (suspect)");
     assert_eq!(row[3], "", "one ranked value left: no winner");
-    let markdown = MarkdownExporter { chart_file: None }
-        .render(&fixture())
-        .unwrap();
+    let markdown = MarkdownExporter::default().render(&fixture()).unwrap();
     let markdown = String::from_utf8(markdown).unwrap();
     assert!(markdown.contains("## Warnings"));
     assert!(markdown.contains("kafka/envelope: bus efficiency 125%"));
@@ -228,7 +284,9 @@ fn a_failed_write_leaves_no_temporary_file_and_names_what_was_written() {
         names,
         [
             "fixture-20260101T000000Z.json",
-            "fixture-20260101T000000Z-latency.svg"
+            "fixture-20260101T000000Z-latency.svg",
+            "fixture-20260101T000000Z-timeline.svg",
+            "fixture-20260101T000000Z-max-rate.svg"
         ]
     );
     assert!(error.to_string().contains("written before the failure"));

@@ -7,3 +7,4 @@ pub mod model;
 pub mod recorder;
 pub mod resources;
 pub mod stats;
+pub mod timeline;

@@ -267,6 +267,105 @@ pub struct CellResult {
     /// those of the run with the median end-to-end throughput.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<RepeatSpread>,
+    /// The measured phase second by second, from the first send to the last message handled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineSecond>,
+    /// What the timeline says in short (absent when nothing was offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline_summary: Option<TimelineSummary>,
+    /// The rate search of this cell (`--find-max-rate` or a `[search]` table); the cell's own
+    /// figures are those of the highest passing step, or of the first step when none passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<RateSearch>,
+}
+
+/// One second of a cell's measured phase. Second 0 starts at the first send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineSecond {
+    /// Seconds since the first send.
+    pub second: u32,
+    /// Messages whose intended send time fell in this second (the offered load; under a
+    /// target rate, the schedule, whether or not the publishers kept up).
+    pub offered: u64,
+    /// Publishes the broker acknowledged in this second.
+    pub acknowledged: u64,
+    /// Measured messages handled by a subscriber in this second (first handling only).
+    pub handled: u64,
+    /// Acknowledged so far minus handled so far at the end of this second: messages stored by
+    /// the broker and not yet handled (0 when handling ran ahead of the acknowledgements).
+    pub backlog: u64,
+    /// Median end-to-end latency of the messages handled in this second, µs, to within 1/32
+    /// (the upper edge of a log-linear bucket); absent when none was handled.
+    pub e2e_p50_us: Option<u64>,
+    /// 99th percentile end-to-end latency of the messages handled in this second, µs, as
+    /// `e2e_p50_us`.
+    pub e2e_p99_us: Option<u64>,
+}
+
+/// A timeline in short.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSummary {
+    /// Median messages handled per second over the seconds in which messages were offered,
+    /// the first and last of them (partial seconds) left out when there are more than two.
+    pub steady_handled_per_sec: f64,
+    /// Mean messages offered per second over the same seconds.
+    pub steady_offered_per_sec: f64,
+    /// The largest backlog at the end of any second.
+    pub peak_backlog: u64,
+    /// Least-squares slope of the backlog over the seconds in which messages were offered,
+    /// messages per second.
+    pub backlog_slope_per_sec: f64,
+    /// Whether the backlog kept growing while messages were offered: its trend rose, over
+    /// those seconds, by more than a tenth of one second's offered load. A growing backlog
+    /// means the subscribers did not keep up and latency rose with time.
+    pub backlog_growing: bool,
+}
+
+/// A search for the highest rate a cell sustains with its end-to-end p99 under a target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateSearch {
+    /// The end-to-end p99 a step must stay at or under, µs.
+    pub target_p99_us: u64,
+    /// The seconds each step offered load for.
+    pub step_seconds: f64,
+    /// The highest offered rate whose step passed, msgs/s; absent when no step passed.
+    pub max_rate: Option<u64>,
+    /// Why the search stopped where it did (the bound reached, the precision reached, no step
+    /// passing, an interruption, a broker that could not be used).
+    pub ended: String,
+    /// Every step, in the order run.
+    pub steps: Vec<SearchStep>,
+}
+
+/// One step of a rate search: a run of the cell at one offered rate on fresh topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchStep {
+    /// The offered (target) rate, msgs/s.
+    pub offered_rate: u64,
+    /// Whether the step met every condition.
+    pub passed: bool,
+    /// The conditions it missed (empty when it passed).
+    pub reasons: Vec<String>,
+    /// Messages planned, sent, and distinct ones handled.
+    pub planned: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Distinct messages handled.
+    pub received: u64,
+    /// Acknowledged messages never handled.
+    pub lost: u64,
+    /// Handled messages per second, first send to last handled.
+    pub handled_per_sec: f64,
+    /// End-to-end median, µs.
+    pub e2e_p50_us: u64,
+    /// End-to-end p99, µs.
+    pub e2e_p99_us: u64,
+    /// Publish p99, µs.
+    pub publish_p99_us: u64,
+    /// The step's largest backlog.
+    pub peak_backlog: u64,
+    /// Whether the step's backlog kept growing.
+    pub backlog_growing: bool,
 }
 
 /// Work per handled message in the measured phase (first send to last handled), counted in

@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 
 use super::latency;
+use super::timeline::{HandledSecond, SecondLatencies};
 use crate::scenario::HARNESS_HEADER_BYTES;
 
 const SHARDS: usize = 16;
@@ -84,6 +85,9 @@ pub struct Recorder {
     /// Measured messages handled in each [`TIMELINE_STEP`] since the epoch (empty unless
     /// asked for with [`Recorder::with_timeline`]).
     timeline: Vec<AtomicU32>,
+    /// Handled messages and their latency per second of the measured phase (absent unless
+    /// asked for with [`Recorder::with_seconds`]).
+    seconds: Option<SecondLatencies>,
 }
 
 /// The width of one timeline bucket.
@@ -134,7 +138,36 @@ impl Recorder {
                 .map(|_| Mutex::new(latency::new_histogram()))
                 .collect(),
             timeline: Vec::new(),
+            seconds: None,
         }
+    }
+
+    /// Also counts handled messages and their latency per second of the measured phase, for
+    /// `span` (later messages count in the last second); second 0 starts at
+    /// [`Recorder::start_seconds`].
+    pub fn with_seconds(mut self, span: std::time::Duration) -> Self {
+        self.seconds = Some(SecondLatencies::new(span.as_secs() as usize + 1));
+        self
+    }
+
+    /// Starts second 0 of the per-second counts at `origin` nanoseconds.
+    pub fn start_seconds(&self, origin: u64) {
+        if let Some(seconds) = &self.seconds {
+            seconds.start_at(origin);
+        }
+    }
+
+    /// The start of second 0 of the per-second counts, nanoseconds (0 unless started).
+    pub fn seconds_origin(&self) -> u64 {
+        self.seconds.as_ref().map_or(0, SecondLatencies::origin)
+    }
+
+    /// What was handled in each second of the measured phase (empty unless asked for).
+    pub fn handled_seconds(&self) -> Vec<HandledSecond> {
+        self.seconds
+            .as_ref()
+            .map(SecondLatencies::seconds)
+            .unwrap_or_default()
     }
 
     /// Also counts handled messages per [`TIMELINE_STEP`] for `span` after the epoch (later
@@ -195,6 +228,9 @@ impl Recorder {
         let shard = (stamp.seq as usize) % SHARDS;
         latency::record(&mut self.e2e[shard].lock().unwrap(), micros);
         self.last_handled_nanos.fetch_max(now, Ordering::Relaxed);
+        if let Some(seconds) = &self.seconds {
+            seconds.record(now, micros);
+        }
         if !self.timeline.is_empty() {
             let bucket =
                 ((now / TIMELINE_STEP.as_nanos() as u64) as usize).min(self.timeline.len() - 1);

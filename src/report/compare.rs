@@ -247,7 +247,7 @@ fn runs_or(
 }
 
 /// The metrics compared per cell.
-fn cell_metrics() -> [(&'static str, Kind, RunValues); 9] {
+fn cell_metrics() -> [(&'static str, Kind, RunValues); 10] {
     [
         ("heap allocations/msg", Kind::Allocations, |c| {
             runs_or(
@@ -289,6 +289,14 @@ fn cell_metrics() -> [(&'static str, Kind, RunValues); 9] {
                 |r| r.e2e_msgs_per_sec.clone(),
                 Some(c.throughput.e2e_msgs_per_sec),
             )
+        }),
+        ("max msg/s at p99 target", Kind::Throughput, |c| {
+            c.search
+                .as_ref()
+                .and_then(|s| s.max_rate)
+                .map(|rate| rate as f64)
+                .into_iter()
+                .collect()
         }),
         ("publish msg/s", Kind::Throughput, |c| {
             runs_or(

@@ -6,10 +6,15 @@ use std::fmt::Write;
 use super::{Exporter, table};
 use crate::metrics::model::{CellStatus, RunResult};
 
-/// The markdown report; `chart_file` is the SVG chart's file name, linked when given.
+/// The markdown report; the charts' file names are linked when given.
+#[derive(Debug, Clone, Default)]
 pub struct MarkdownExporter {
     /// The latency chart, relative to the report.
     pub chart_file: Option<String>,
+    /// The timeline chart (rates and backlog over time), relative to the report.
+    pub timeline_chart_file: Option<String>,
+    /// The rate search chart (p99 against offered rate), relative to the report.
+    pub search_chart_file: Option<String>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -77,6 +82,7 @@ impl Exporter for MarkdownExporter {
              {}-byte payloads, {} publishers, {} in flight, rate {}, timeout {}. \
              Scenario hash `{}`, file `{}`.",
             match scenario.workload() {
+                _ if scenario.search.is_some() => "A rate search".to_owned(),
                 crate::scenario::Workload::Duration(duration)
                     if scenario.kafka.rate.is_some() || scenario.nats.rate.is_some() =>
                 {
@@ -149,6 +155,8 @@ impl Exporter for MarkdownExporter {
             writeln!(out, "![Latency by percentile]({chart})")?;
             writeln!(out)?;
         }
+        self.search_section(&mut out, result)?;
+        self.timeline_section(&mut out, result)?;
         if result.cells.iter().any(|c| !c.faults.is_empty()) {
             writeln!(out, "## Faults")?;
             writeln!(out)?;
@@ -261,5 +269,150 @@ impl Exporter for MarkdownExporter {
              clock in one process. Throughput ends at the last handled message."
         )?;
         Ok(out.into_bytes())
+    }
+}
+
+impl MarkdownExporter {
+    /// Each cell's timeline in short, and the chart.
+    fn timeline_section(&self, out: &mut String, result: &RunResult) -> anyhow::Result<()> {
+        if result.cells.iter().all(|c| c.timeline_summary.is_none()) {
+            return Ok(());
+        }
+        writeln!(out, "## Timeline")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Per second of the measured phase (every second is in the JSON result): the offered \
+             load, what the subscribers handled, and the backlog (acknowledged but not yet \
+             handled). A backlog that keeps growing while load is offered means the subscribers \
+             did not keep up, and latency rose with every second."
+        )?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "| cell | offered msg/s | handled msg/s | peak backlog | backlog trend msg/s | backlog kept growing |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---|")?;
+        for cell in &result.cells {
+            let Some(summary) = &cell.timeline_summary else {
+                continue;
+            };
+            writeln!(
+                out,
+                "| {}/{} | {:.0} | {:.0} | {} | {:+.0} | {} |",
+                cell.backend,
+                cell.mode,
+                summary.steady_offered_per_sec,
+                summary.steady_handled_per_sec,
+                summary.peak_backlog,
+                summary.backlog_slope_per_sec,
+                if summary.backlog_growing {
+                    "**yes**"
+                } else {
+                    "no"
+                }
+            )?;
+        }
+        writeln!(out)?;
+        if let Some(chart) = &self.timeline_chart_file {
+            writeln!(out, "![Rates and backlog over time]({chart})")?;
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+
+    /// The rate search: the highest passing rate per cell, then every step.
+    fn search_section(&self, out: &mut String, result: &RunResult) -> anyhow::Result<()> {
+        let searched: Vec<_> = result
+            .cells
+            .iter()
+            .filter_map(|c| c.search.as_ref().map(|s| (c, s)))
+            .collect();
+        let Some((_, first)) = searched.first() else {
+            return Ok(());
+        };
+        writeln!(
+            out,
+            "## Highest rate with end-to-end p99 <= {}",
+            fmt_micros(first.target_p99_us)
+        )?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Each step offers one rate for {:.0} s on fresh topics; it passes when its \
+             end-to-end p99 is at or under the target, the subscribers handle the offered rate, \
+             the backlog does not keep growing, and nothing is lost.",
+            first.step_seconds
+        )?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "| cell | max rate msg/s | p50 at max | p99 at max | steps | search ended |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---|")?;
+        for (cell, search) in &searched {
+            let best = search.max_rate.and_then(|rate| {
+                search
+                    .steps
+                    .iter()
+                    .find(|s| s.passed && s.offered_rate == rate)
+            });
+            writeln!(
+                out,
+                "| {}/{} | {} | {} | {} | {} | {} |",
+                cell.backend,
+                cell.mode,
+                search
+                    .max_rate
+                    .map_or("**none passed**".to_owned(), |r| r.to_string()),
+                best.map_or("-".to_owned(), |s| fmt_micros(s.e2e_p50_us)),
+                best.map_or("-".to_owned(), |s| fmt_micros(s.e2e_p99_us)),
+                search.steps.len(),
+                search.ended
+            )?;
+        }
+        writeln!(out)?;
+        if let Some(chart) = &self.search_chart_file {
+            writeln!(out, "![p99 against offered rate]({chart})")?;
+            writeln!(out)?;
+        }
+        for (cell, search) in &searched {
+            writeln!(out, "### Steps of {}/{}", cell.backend, cell.mode)?;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "| offered msg/s | handled msg/s | p50 | p99 | peak backlog | lost | result |"
+            )?;
+            writeln!(out, "|---:|---:|---:|---:|---:|---:|---|")?;
+            for step in &search.steps {
+                writeln!(
+                    out,
+                    "| {} | {:.0} | {} | {} | {} | {} | {} |",
+                    step.offered_rate,
+                    step.handled_per_sec,
+                    fmt_micros(step.e2e_p50_us),
+                    fmt_micros(step.e2e_p99_us),
+                    step.peak_backlog,
+                    step.lost,
+                    if step.passed {
+                        "pass".to_owned()
+                    } else {
+                        format!("fail: {}", step.reasons.join("; "))
+                    }
+                )?;
+            }
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A latency in µs, in the unit that reads best.
+fn fmt_micros(micros: u64) -> String {
+    match micros {
+        m if m >= 10_000_000 => format!("{:.1} s", m as f64 / 1e6),
+        m if m >= 10_000 => format!("{:.1} ms", m as f64 / 1e3),
+        m if m >= 1_000 => format!("{:.2} ms", m as f64 / 1e3),
+        m => format!("{m} µs"),
     }
 }

@@ -6,8 +6,10 @@ pub mod csv;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod search_svg;
 pub mod svg;
 pub mod table;
+pub mod timeline_svg;
 
 use std::path::{Path, PathBuf};
 
@@ -117,8 +119,8 @@ fn list(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// Writes the JSON result, the markdown report and its latency chart into `dir`; returns the
-/// paths written. The stem is claimed by creating the JSON file exclusively, so two runs
+/// Writes the JSON result, the markdown report and its charts (latency; timeline when the
+/// cells have one; rate search when the run searched) into `dir`; returns the paths written. The stem is claimed by creating the JSON file exclusively, so two runs
 /// started in the same second get different names (`-2`, `-3`, ...) instead of overwriting
 /// each other. Each file is written to a temporary name and renamed into place; on a failure
 /// the temporary file is removed and the error lists what was written.
@@ -145,18 +147,37 @@ pub fn write_reports(result: &RunResult, dir: &Path) -> Result<Vec<PathBuf>, Par
     }
     let json_path = dir.join(format!("{stem}.json"));
     let svg_name = format!("{stem}-latency.svg");
+    let timeline_name = result
+        .cells
+        .iter()
+        .any(|c| !c.timeline.is_empty())
+        .then(|| format!("{stem}-timeline.svg"));
+    let search_name = result
+        .cells
+        .iter()
+        .any(|c| c.search.is_some())
+        .then(|| format!("{stem}-max-rate.svg"));
     let rendered = (|| -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
-        Ok(vec![
+        let mut outputs = vec![
             (json_path.clone(), json::JsonExporter.render(result)?),
             (dir.join(&svg_name), svg::LatencyChart.render(result)?),
-            (
-                dir.join(format!("{stem}.md")),
-                markdown::MarkdownExporter {
-                    chart_file: Some(svg_name.clone()),
-                }
-                .render(result)?,
-            ),
-        ])
+        ];
+        if let Some(name) = &timeline_name {
+            outputs.push((dir.join(name), timeline_svg::TimelineChart.render(result)?));
+        }
+        if let Some(name) = &search_name {
+            outputs.push((dir.join(name), search_svg::SearchChart.render(result)?));
+        }
+        outputs.push((
+            dir.join(format!("{stem}.md")),
+            markdown::MarkdownExporter {
+                chart_file: Some(svg_name.clone()),
+                timeline_chart_file: timeline_name.clone(),
+                search_chart_file: search_name.clone(),
+            }
+            .render(result)?,
+        ));
+        Ok(outputs)
     })();
     let outputs = match rendered {
         Ok(outputs) => outputs,

@@ -16,7 +16,8 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 180.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
-const COLOURS: [&str; 6] = [
+/// One colour per series.
+pub(super) const COLOURS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
 /// The x axis runs to 99.999%.
@@ -53,16 +54,11 @@ impl Exporter for LatencyChart {
         let x_at = |x: f64| LEFT + plot_w * x / MAX_NINES;
         let y_at = |micros: u64| TOP + plot_h * (1.0 - (micros.max(1) as f64).log10() / log_max);
         let mut svg = String::new();
-        writeln!(
-            svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-        )?;
-        writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
-        writeln!(
-            svg,
-            r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}: end-to-end latency by percentile</text>"#,
+        begin(
+            &mut svg,
+            (WIDTH, HEIGHT),
             LEFT + plot_w / 2.0,
-            escape(&result.scenario.name)
+            &format!("{}: end-to-end latency by percentile", result.scenario.name),
         )?;
         for decade in 0..=(log_max as u32) {
             let micros = 10u64.pow(decade);
@@ -145,7 +141,28 @@ impl Exporter for LatencyChart {
     }
 }
 
-fn human_micros(micros: u64) -> String {
+/// Starts a standalone SVG of `size` (width, height) on a white background, with `title`
+/// centred on `title_x`.
+pub(super) fn begin(
+    svg: &mut String,
+    (width, height): (f64, f64),
+    title_x: f64,
+    title: &str,
+) -> std::fmt::Result {
+    writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    )?;
+    writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
+    writeln!(
+        svg,
+        r#"<text x="{title_x}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        escape(title)
+    )
+}
+
+/// A round latency in µs, with its unit.
+pub(super) fn human_micros(micros: u64) -> String {
     match micros {
         m if m >= 1_000_000 => format!("{} s", m / 1_000_000),
         m if m >= 1_000 => format!("{} ms", m / 1_000),
@@ -153,7 +170,8 @@ fn human_micros(micros: u64) -> String {
     }
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe inside SVG.
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

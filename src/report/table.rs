@@ -47,6 +47,12 @@ fn percent(v: f64) -> String {
 fn metrics() -> Vec<Metric> {
     vec![
         Metric {
+            name: "max msg/s at p99 target",
+            better: Better::Higher,
+            value: |c| c.search.as_ref().and_then(|s| s.max_rate).map(|r| r as f64),
+            format: rate,
+        },
+        Metric {
             name: "planned",
             better: Better::Neither,
             value: |c| Some(c.planned as f64),

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{BusError, Envelope, EventBus, PublishReceipt};
 use crate::metrics::latency;
 use crate::metrics::recorder::{Recorder, Stamp};
+use crate::metrics::timeline::SecondCounts;
 use crate::scenario::Mode;
 
 /// The shape of one cell's load.
@@ -54,6 +55,10 @@ pub struct PublisherReport {
     pub latency: Histogram<u64>,
     /// When the last acknowledgement arrived, nanoseconds since the epoch.
     pub last_ack_nanos: u64,
+    /// Messages per second of their intended send time (the offered load).
+    pub offered: SecondCounts,
+    /// Acknowledgements per second of their arrival.
+    pub acknowledged_per_second: SecondCounts,
 }
 
 /// Messages of publisher `index`: an even share, the first ones taking the remainder.
@@ -93,6 +98,7 @@ pub async fn publish(
         mpsc::channel::<(PublishReceipt, u64, u64)>(plan.in_flight_per_publisher.max(1));
     let collector_recorder = recorder.clone();
     let collector_stop = stop.clone();
+    let origin = recorder.seconds_origin();
     let collector = tokio::spawn(async move {
         let mut acks = AckTally::new();
         let stopped = collector_stop.cancelled();
@@ -113,6 +119,7 @@ pub async fn publish(
                     collector_recorder.on_acknowledged(seq);
                     acks.acknowledged += 1;
                     acks.last_ack = now;
+                    acks.per_second.add(origin, now);
                 }
                 Err(error) => {
                     acks.errors += 1;
@@ -134,6 +141,7 @@ pub async fn publish(
     let mut send_errors = 0;
     let mut first_send_error = None;
     let mut not_collected = 0;
+    let mut offered = SecondCounts::default();
     for k in 0..count {
         if stop.is_cancelled() {
             break;
@@ -192,6 +200,7 @@ pub async fn publish(
                 }
             }
         };
+        offered.add(origin, intended);
         match result {
             Ok(receipt) => {
                 sent += 1;
@@ -226,6 +235,8 @@ pub async fn publish(
         first_error: first_send_error.or(acks.first_error),
         latency: acks.histogram,
         last_ack_nanos: acks.last_ack,
+        offered,
+        acknowledged_per_second: acks.per_second,
     }
 }
 
@@ -238,6 +249,7 @@ impl AckTally {
             unconfirmed: 0,
             first_error: None,
             last_ack: 0,
+            per_second: SecondCounts::default(),
         }
     }
 }
@@ -250,6 +262,7 @@ struct AckTally {
     unconfirmed: u64,
     first_error: Option<String>,
     last_ack: u64,
+    per_second: SecondCounts,
 }
 
 #[cfg(test)]

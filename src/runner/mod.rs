@@ -5,10 +5,12 @@
 //! that does not finish within the scenario's timeout fails.
 
 pub mod ceiling;
+pub mod downstream;
 mod environment;
 pub mod faults;
 pub mod load;
 mod progress;
+pub mod search;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use crate::metrics::model::{
 };
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::resources;
+use crate::metrics::timeline::{self, SecondCounts};
 use crate::scenario::{BackendKind, Mode, Scenario, StorageKind};
 use tokio_util::sync::CancellationToken;
 
@@ -167,7 +170,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let mut cells = Vec::new();
     let mut broker_versions = BTreeMap::new();
     'backends: for &backend in &backends {
-        if !scenario.ceiling {
+        // A rate search judges each step against its latency target, not against a ceiling.
+        if !scenario.ceiling || scenario.search.is_some() {
             continue;
         }
         for &mode in &scenario.modes {
@@ -229,6 +233,28 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 .and_then(|c| c.as_ref().ok().copied());
             if interrupted() {
                 break;
+            }
+            if let Some(search) = &scenario.search {
+                let (cell, version, unreachable) = search::search_cell(
+                    scenario,
+                    backend,
+                    mode,
+                    options,
+                    &format!("{run_id}x"),
+                    search,
+                    unreachable_backends.get(&backend).map(String::as_str),
+                );
+                if let Some(version) = version {
+                    broker_versions.insert(backend.name().to_owned(), version);
+                }
+                if unreachable {
+                    infrastructure_failure = true;
+                    unreachable_backends
+                        .entry(backend)
+                        .or_insert_with(|| cell.failures.join("; "));
+                }
+                cells.push(cell);
+                continue;
             }
             let mut runs = Vec::new();
             for attempt in 0..options.repeat.max(1) {
@@ -470,6 +496,10 @@ struct Measured {
     fault_runs: Vec<faults::FaultRun>,
     /// The topics or streams left on the broker (`--keep-topics`).
     kept_topics: Vec<String>,
+    /// Messages offered per second of the measured phase, all publishers.
+    offered: SecondCounts,
+    /// Acknowledgements per second of the measured phase, all publishers.
+    acknowledged_per_second: SecondCounts,
 }
 
 /// How a cell failed before its measured phase produced figures.
@@ -678,14 +708,49 @@ async fn measure(
     let timeout = scenario.timeout();
     // Set-up: topics and subscriptions, ready before anything is sent.
     let group = format!("busbench-{}", topics[0].replace('.', "-"));
+    let service_time = scenario.handler.service_time;
+    let downstream = (!service_time.is_zero())
+        .then(|| Arc::new(downstream::Downstream::new(Instant::now(), service_time)));
     let set_up = async {
         for topic in topics.iter() {
             bus.ensure_topic(topic)
                 .await
                 .map_err(|e| format!("creating {topic}: {e}"))?;
             let recorder = recorder.clone();
-            let subscription = match mode {
-                Mode::Raw => {
+            let subscription = match (mode, downstream.clone()) {
+                (Mode::Raw, Some(downstream)) => {
+                    bus.subscribe(
+                        topic,
+                        SubscribeOptions::group(&group),
+                        handler(move |message| {
+                            let recorder = recorder.clone();
+                            let downstream = downstream.clone();
+                            async move {
+                                downstream.serve().await;
+                                recorder.on_message(&message.payload);
+                                Ok(())
+                            }
+                        }),
+                    )
+                    .await
+                }
+                (Mode::Envelope, Some(downstream)) => {
+                    bus.subscribe_envelope(
+                        topic,
+                        SubscribeOptions::group(&group),
+                        envelope_handler(move |envelope| {
+                            let recorder = recorder.clone();
+                            let downstream = downstream.clone();
+                            async move {
+                                downstream.serve().await;
+                                recorder.on_message(&envelope.payload);
+                                Ok(())
+                            }
+                        }),
+                    )
+                    .await
+                }
+                (Mode::Raw, None) => {
                     bus.subscribe(
                         topic,
                         SubscribeOptions::group(&group),
@@ -696,7 +761,7 @@ async fn measure(
                     )
                     .await
                 }
-                Mode::Envelope => {
+                (Mode::Envelope, None) => {
                     bus.subscribe_envelope(
                         topic,
                         SubscribeOptions::group(&group),
@@ -781,6 +846,7 @@ async fn measure(
     });
     let work_at_start = resources::WorkCounters::read();
     let first_send_nanos = recorder.now_nanos();
+    recorder.start_seconds(first_send_nanos);
     let phase_start = tokio::time::Instant::now();
     let phase_over = CancellationToken::new();
     let fault_tasks: Vec<_> = scenario
@@ -863,8 +929,12 @@ async fn measure(
         .metrics()
         .num_alive_tasks() as u64;
     let mut publish_histogram = latency::new_histogram();
+    let mut offered = SecondCounts::default();
+    let mut acknowledged_per_second = SecondCounts::default();
     for report in &reports {
         let _ = publish_histogram.add(&report.latency);
+        offered.merge(&report.offered);
+        acknowledged_per_second.merge(&report.acknowledged_per_second);
     }
     let mut first_error = reports.iter().find_map(|r| r.first_error.clone());
     if publisher_failures > 0 {
@@ -888,6 +958,8 @@ async fn measure(
         work: (work_at_start, work_at_end),
         fault_runs,
         kept_topics: Vec::new(),
+        offered,
+        acknowledged_per_second,
     })
 }
 
@@ -917,6 +989,7 @@ fn run_cell(
     if !scenario.faults.is_empty() {
         recorder = recorder.with_timeline(scenario.timeout() + Duration::from_secs(10));
     }
+    recorder = recorder.with_seconds(scenario.timeout() + Duration::from_secs(10));
     let recorder = Arc::new(recorder);
     let bar = progress::CellProgress::new(options.progress, backend, mode, total);
     let sent_counter = Arc::new(AtomicU64::new(0));
@@ -1092,8 +1165,17 @@ fn run_cell(
             .unwrap_or_default(),
         faults: Vec::new(),
         repeats: None,
+        timeline: Vec::new(),
+        timeline_summary: None,
+        search: None,
     };
     if let Some(m) = &measured {
+        cell.timeline = timeline::build(
+            &m.offered,
+            &m.acknowledged_per_second,
+            &recorder.handled_seconds(),
+        );
+        cell.timeline_summary = timeline::summarise(&cell.timeline);
         let timeline = recorder.timeline();
         for run in &m.fault_runs {
             let fault = faults::analyse(run, &timeline);

@@ -1,0 +1,260 @@
+//! The rate search: for one cell, the highest offered rate whose end-to-end p99 stays at or
+//! under a target while the subscribers keep up. Open loop: every step offers its rate on a
+//! schedule, and latency runs from each message's intended send time, so a step that cannot
+//! keep up shows it in its p99 and its backlog instead of quietly sending less.
+//!
+//! The search offers `min_rate` first and doubles the rate while steps pass (up to
+//! `max_rate`), then bisects between the highest passing and the lowest failing rate until
+//! they are within the precision. Every step is a whole cell run of its own (set-up, warm-up,
+//! measured phase, drain, teardown) on topics named after the step, so a step never sees the
+//! backlog of the one before.
+
+use crate::metrics::model::{CellResult, CellStatus, RateSearch, SearchStep};
+use crate::scenario::{BackendKind, Mode, Scenario, SearchSection};
+
+use super::{RunOptions, interrupted, run_cell};
+
+/// The conditions a step missed; empty when it passed.
+pub fn judge(cell: &CellResult, offered_rate: u64, search: &SearchSection) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let target = search.p99.as_micros() as u64;
+    if cell.status != CellStatus::Ok {
+        reasons.push(format!("the run failed: {}", cell.failures.join("; ")));
+    }
+    if cell.lost > 0 {
+        reasons.push(format!("{} acknowledged messages lost", cell.lost));
+    }
+    if cell.latency_us.e2e.count == 0 {
+        reasons.push("nothing was handled".into());
+    } else if cell.latency_us.e2e.p99 > target {
+        reasons.push(format!(
+            "end-to-end p99 {} is above the target of {}",
+            micros(cell.latency_us.e2e.p99),
+            micros(target)
+        ));
+    }
+    let least = offered_rate as f64 * (1.0 - search.tolerance);
+    if cell.throughput.e2e_msgs_per_sec < least {
+        reasons.push(format!(
+            "handled {:.0} msg/s, below {:.0} ({:.0}% of the offered rate)",
+            cell.throughput.e2e_msgs_per_sec,
+            least,
+            (1.0 - search.tolerance) * 100.0
+        ));
+    }
+    if cell.timeline_summary.is_some_and(|s| s.backlog_growing) {
+        reasons.push("the backlog kept growing".into());
+    }
+    reasons
+}
+
+fn micros(value: u64) -> String {
+    if value >= 1000 {
+        format!("{:.1} ms", value as f64 / 1000.0)
+    } else {
+        format!("{value} µs")
+    }
+}
+
+/// The scenario one step runs: the cell's scenario offering `rate` for the search's step,
+/// without a ceiling or faults.
+pub fn step_scenario(scenario: &Scenario, rate: u64, search: &SearchSection) -> Scenario {
+    let mut step = scenario.clone();
+    step.rate = rate;
+    step.kafka.rate = None;
+    step.nats.rate = None;
+    step.messages = None;
+    step.duration = Some(search.step);
+    step.ceiling = false;
+    step.faults.clear();
+    step.search = None;
+    step
+}
+
+/// The search's next rate, or `None` when it has ended (with why).
+fn next_rate(
+    highest_passing: Option<u64>,
+    lowest_failing: Option<u64>,
+    search: &SearchSection,
+) -> Result<u64, String> {
+    match (highest_passing, lowest_failing) {
+        (None, None) => Ok(search.min_rate),
+        (None, Some(_)) => Err(format!(
+            "no rate passed: the first step, at min_rate {} msg/s, failed",
+            search.min_rate
+        )),
+        (Some(passing), None) if passing >= search.max_rate => Err(format!(
+            "every step passed up to max_rate {} msg/s",
+            search.max_rate
+        )),
+        (Some(passing), None) => Ok((passing.saturating_mul(2)).min(search.max_rate)),
+        (Some(passing), Some(failing)) => {
+            let middle = passing + (failing - passing) / 2;
+            if failing as f64 <= passing as f64 * (1.0 + search.precision) || middle == passing {
+                Err(format!(
+                    "the precision of {:.0}% was reached",
+                    search.precision * 100.0
+                ))
+            } else {
+                Ok(middle)
+            }
+        }
+    }
+}
+
+/// Searches one cell; returns the cell (the figures of its highest passing step, or of its
+/// first step when none passed, with every step attached), the broker version, and whether
+/// the broker could not be reached.
+pub fn search_cell(
+    scenario: &Scenario,
+    backend: BackendKind,
+    mode: Mode,
+    options: &RunOptions,
+    run_id: &str,
+    search: &SearchSection,
+    known_unreachable: Option<&str>,
+) -> (CellResult, Option<String>, bool) {
+    let scenario = scenario.for_backend(backend);
+    let mut steps: Vec<SearchStep> = Vec::new();
+    let mut best: Option<CellResult> = None;
+    let mut first: Option<CellResult> = None;
+    let mut version = None;
+    let mut unreachable = false;
+    let (mut highest_passing, mut lowest_failing) = (None::<u64>, None::<u64>);
+    let ended = loop {
+        if interrupted() && !steps.is_empty() {
+            break "interrupted".to_owned();
+        }
+        let rate = match next_rate(highest_passing, lowest_failing, search) {
+            Ok(rate) => rate,
+            Err(ended) => break ended,
+        };
+        let step_run_id = format!("{run_id}s{}", steps.len());
+        let (cell, step_version, step_unreachable) = run_cell(
+            &step_scenario(&scenario, rate, search),
+            backend,
+            mode,
+            options,
+            &step_run_id,
+            None,
+            known_unreachable,
+        );
+        version = version.or(step_version);
+        if step_unreachable || cell.status == CellStatus::Interrupted {
+            unreachable = step_unreachable;
+            let ended = if step_unreachable {
+                format!("{backend} could not be used")
+            } else {
+                "interrupted".to_owned()
+            };
+            first.get_or_insert(cell);
+            break ended;
+        }
+        let reasons = judge(&cell, rate, search);
+        let passed = reasons.is_empty();
+        eprintln!(
+            "busbench: {backend}/{mode}: step {} at {rate} msg/s: {} (p99 {}, handled {:.0} msg/s)",
+            steps.len() + 1,
+            if passed {
+                "pass".to_owned()
+            } else {
+                format!("fail: {}", reasons.join("; "))
+            },
+            micros(cell.latency_us.e2e.p99),
+            cell.throughput.e2e_msgs_per_sec
+        );
+        let summary = cell.timeline_summary;
+        steps.push(SearchStep {
+            offered_rate: rate,
+            passed,
+            reasons,
+            planned: cell.planned,
+            sent: cell.sent,
+            received: cell.received,
+            lost: cell.lost,
+            handled_per_sec: cell.throughput.e2e_msgs_per_sec,
+            e2e_p50_us: cell.latency_us.e2e.p50,
+            e2e_p99_us: cell.latency_us.e2e.p99,
+            publish_p99_us: cell.latency_us.publish.p99,
+            peak_backlog: summary.map_or(0, |s| s.peak_backlog),
+            backlog_growing: summary.is_some_and(|s| s.backlog_growing),
+        });
+        if passed {
+            highest_passing = Some(rate);
+            best = Some(cell);
+        } else {
+            lowest_failing = Some(lowest_failing.map_or(rate, |f: u64| f.min(rate)));
+            if first.is_none() && best.is_none() {
+                first = Some(cell);
+            }
+        }
+    };
+    // The first step always runs (an interruption ends it early, as any cell), so there is a
+    // cell to report.
+    let mut cell = best.or(first).expect("the search ran its first step");
+    if highest_passing.is_none() && cell.status == CellStatus::Ok {
+        cell.status = CellStatus::Failed;
+    }
+    if highest_passing.is_none() && !unreachable && !interrupted() {
+        cell.failures.push(format!(
+            "no offered rate met the end-to-end p99 target of {}: {ended}",
+            micros(search.p99.as_micros() as u64)
+        ));
+        cell.status = CellStatus::Failed;
+    }
+    cell.search = Some(RateSearch {
+        target_p99_us: search.p99.as_micros() as u64,
+        step_seconds: search.step.as_secs_f64(),
+        max_rate: highest_passing,
+        ended,
+        steps,
+    });
+    (cell, version, unreachable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_search_doubles_then_bisects_to_its_precision() {
+        let search = SearchSection {
+            min_rate: 1000,
+            max_rate: 100_000,
+            ..SearchSection::for_target(Duration::from_millis(10))
+        };
+        // A cell whose capacity is 5,500 msg/s.
+        let (mut passing, mut failing) = (None, None);
+        let mut offered = Vec::new();
+        let ended = loop {
+            match next_rate(passing, failing, &search) {
+                Ok(rate) => {
+                    offered.push(rate);
+                    if rate <= 5500 {
+                        passing = Some(rate);
+                    } else {
+                        failing = Some(failing.map_or(rate, |f: u64| f.min(rate)));
+                    }
+                }
+                Err(ended) => break ended,
+            }
+        };
+        assert_eq!(&offered[..4], &[1000, 2000, 4000, 8000]);
+        let found = passing.unwrap();
+        assert!((5000..=5500).contains(&found), "{offered:?}");
+        assert!(failing.unwrap() as f64 <= found as f64 * 1.1);
+        assert!(ended.contains("precision"), "{ended}");
+        assert!(
+            next_rate(None, Some(1000), &search)
+                .unwrap_err()
+                .contains("no rate passed")
+        );
+        assert!(
+            next_rate(Some(100_000), None, &search)
+                .unwrap_err()
+                .contains("max_rate")
+        );
+        assert_eq!(next_rate(Some(64_000), None, &search), Ok(100_000));
+    }
+}
