@@ -434,6 +434,11 @@ pub struct SearchSection {
     /// share (0.05: the subscribers handle at least 95% of the offered rate).
     #[serde(default = "default_search_tolerance")]
     pub tolerance: f64,
+    /// Runs of each rate: it passes only when every run passes (a failing run ends it at
+    /// once). 2 keeps one lucky run near the knee, where p99 is at its noisiest, from deciding
+    /// the result.
+    #[serde(default = "default_runs_per_rate")]
+    pub runs_per_rate: NonZeroU32,
 }
 
 fn default_search_step() -> Duration {
@@ -451,6 +456,9 @@ fn default_search_precision() -> f64 {
 fn default_search_tolerance() -> f64 {
     0.05
 }
+fn default_runs_per_rate() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
 
 impl SearchSection {
     /// A search for `p99` with every other setting at its default.
@@ -462,6 +470,7 @@ impl SearchSection {
             max_rate: default_search_max_rate(),
             precision: default_search_precision(),
             tolerance: default_search_tolerance(),
+            runs_per_rate: default_runs_per_rate(),
         }
     }
 
@@ -502,6 +511,9 @@ impl SearchSection {
         }
         if !(self.precision > 0.0 && self.precision < 1.0) {
             return Some(("precision", "must be between 0 and 1, such as 0.1".into()));
+        }
+        if self.runs_per_rate.get() > 10 {
+            return Some(("runs_per_rate", "must be at most 10".into()));
         }
         if !(0.0..1.0).contains(&self.tolerance) {
             return Some((
@@ -1360,13 +1372,14 @@ impl Scenario {
         }
         if let Some(search) = &self.search {
             workload["search"] = serde_json::json!(format!(
-                "p99={:?} step={:?} rates={}..{} precision={} tolerance={}",
+                "p99={:?} step={:?} rates={}..{} precision={} tolerance={} runs={}",
                 search.p99,
                 search.step,
                 search.min_rate,
                 search.max_rate,
                 search.precision,
-                search.tolerance
+                search.tolerance,
+                search.runs_per_rate
             ));
         }
         let digest = crate::metrics::model::fnv1a_64_hex(workload.to_string().as_bytes());

@@ -12,11 +12,7 @@ fn project(path: &str) -> PathBuf {
 }
 
 fn validator() -> jsonschema::Validator {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(project("schema/result.schema.json")).unwrap(),
-    )
-    .unwrap();
-    jsonschema::validator_for(&schema).expect("the schema itself is valid")
+    common::result_schema()
 }
 
 #[test]

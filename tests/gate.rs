@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use busbench::metrics::model::{CellResult, RunResult};
+use busbench::metrics::model::{CellResult, RateSearch, RunResult};
 use busbench::report::compare::{self, AbsolutePolicy, FigureClass, Verdict};
 
 fn project(path: &str) -> PathBuf {
@@ -120,6 +120,48 @@ fn a_baseline_from_a_faster_or_slower_machine_gates_only_machine_free_figures() 
         compare::compare(&baseline, &halved, &thresholds, AbsolutePolicy::Auto).unwrap();
     assert!(comparison.absolute_gated);
     assert!(comparison.regressed());
+}
+
+/// The committed baseline with a rate search on its first cell that found `max_rate`.
+fn with_max_rate(max_rate: u64) -> RunResult {
+    let mut result = committed_baseline();
+    result.cells[0].search = Some(RateSearch {
+        target_p99_us: 20_000,
+        step_seconds: 4.0,
+        runs_per_rate: 1,
+        max_rate: Some(max_rate),
+        ended: "the precision of 10% was reached".into(),
+        steps: Vec::new(),
+    });
+    result
+}
+
+#[test]
+fn a_lower_max_rate_under_the_p99_target_is_a_throughput_regression() {
+    let baseline = with_max_rate(10_000);
+    let thresholds = baseline.scenario.settings.regression;
+    let verdict = |current: &RunResult| {
+        let comparison =
+            compare::compare(&baseline, current, &thresholds, AbsolutePolicy::Auto).unwrap();
+        let change = comparison
+            .changes
+            .iter()
+            .find(|c| c.metric == "max msg/s at p99 target")
+            .expect("the max rate is compared")
+            .clone();
+        (change.verdict, change.class, comparison.regressed())
+    };
+    let (dropped, class, regressed) = verdict(&with_max_rate(7_000));
+    assert_eq!(class, FigureClass::Absolute);
+    assert_eq!(
+        dropped,
+        Verdict::Regressed,
+        "a 30% drop is past the 25% threshold"
+    );
+    assert!(regressed);
+    let (held, _, regressed) = verdict(&with_max_rate(9_500));
+    assert_eq!(held, Verdict::Ok);
+    assert!(!regressed);
 }
 
 #[test]

@@ -81,6 +81,16 @@ fn csv_on_stdout_parses_back_to_the_json_figures() {
         );
         let p99: u64 = row[column("e2e_p99_us")].parse().unwrap();
         assert_eq!(p99, cell.latency_us.e2e.p99);
+        let summary = cell.timeline_summary.expect("a timeline");
+        assert_eq!(
+            row[column("peak_backlog")],
+            summary.peak_backlog.to_string()
+        );
+        assert_eq!(
+            row[column("max_rate_at_p99_target")],
+            "",
+            "no search: empty"
+        );
     }
     // Diagnostics and the files written are on standard error, not mixed into the CSV.
     let stderr = text(&output.stderr);

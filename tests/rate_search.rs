@@ -42,6 +42,13 @@ fn search(dir: &Path, scenario: &Path, p99: &str) -> (std::process::Output, Opti
         "--out",
         out.to_str().unwrap(),
     ]);
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&output.stdout) {
+        let errors: Vec<String> = common::result_schema()
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "schema violations: {errors:?}");
+    }
     let result = serde_json::from_slice(&output.stdout).ok();
     (output, result)
 }

@@ -126,6 +126,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         cell.search = Some(RateSearch {
             target_p99_us: 10_000,
             step_seconds: 5.0,
+            runs_per_rate: 1,
             max_rate: Some(4000),
             ended: "the precision of 10% was reached".into(),
             steps: vec![

@@ -328,6 +328,9 @@ pub struct RateSearch {
     pub target_p99_us: u64,
     /// The seconds each step offered load for.
     pub step_seconds: f64,
+    /// Runs of each rate; a rate passed only when every run passed.
+    #[serde(default = "one")]
+    pub runs_per_rate: u32,
     /// The highest offered rate whose step passed, msgs/s; absent when no step passed.
     pub max_rate: Option<u64>,
     /// Why the search stopped where it did (the bound reached, the precision reached, no step

@@ -1,5 +1,6 @@
 //! CSV for spreadsheets: a header row, then one row per cell (backend and mode) with its
-//! counts, throughput, latency percentiles, resources and ceiling figures. Numbers are plain
+//! counts, throughput, latency percentiles, resources, ceiling figures, the timeline's peak
+//! backlog and the rate search's max rate. Numbers are plain
 //! (no thousands separators, no units: the unit is in the column name); an absent figure is an
 //! empty field; fields holding a comma, quote or line break are quoted (RFC 4180).
 
@@ -50,6 +51,10 @@ pub const COLUMNS: &[&str] = &[
     "ceiling_cpu_us_per_msg",
     "bare_client_msgs_per_sec",
     "efficiency",
+    "peak_backlog",
+    "backlog_growing",
+    "max_rate_at_p99_target",
+    "p99_target_us",
     "failures",
 ];
 
@@ -128,6 +133,16 @@ fn row(scenario: &str, cell: &CellResult) -> Vec<String> {
     fields.push(optional(cell.ceiling_cpu_us_per_msg));
     fields.push(optional(cell.bare_client_msgs_per_sec));
     fields.push(optional(cell.efficiency));
+    let summary = cell.timeline_summary;
+    fields.push(summary.map_or(String::new(), |s| s.peak_backlog.to_string()));
+    fields.push(summary.map_or(String::new(), |s| s.backlog_growing.to_string()));
+    let search = cell.search.as_ref();
+    fields.push(
+        search
+            .and_then(|s| s.max_rate)
+            .map_or(String::new(), |rate| rate.to_string()),
+    );
+    fields.push(search.map_or(String::new(), |s| s.target_p99_us.to_string()));
     fields.push(cell.failures.join("; "));
     fields
 }

@@ -341,8 +341,16 @@ impl MarkdownExporter {
             out,
             "Each step offers one rate for {:.0} s on fresh topics; it passes when its \
              end-to-end p99 is at or under the target, the subscribers handle the offered rate, \
-             the backlog does not keep growing, and nothing is lost.",
-            first.step_seconds
+             the backlog does not keep growing, and nothing is lost.{}",
+            first.step_seconds,
+            if first.runs_per_rate > 1 {
+                format!(
+                    " A rate passes only when all {} of its runs pass.",
+                    first.runs_per_rate
+                )
+            } else {
+                String::new()
+            }
         )?;
         writeln!(out)?;
         writeln!(

@@ -4,16 +4,16 @@
 use std::fmt::Write;
 
 use super::Exporter;
-use super::svg::{COLOURS, begin, human_micros};
+use super::svg::{COLOURS, begin, human_micros, nice_ceiling, short};
 use crate::metrics::model::RunResult;
 
 /// The chart exporter.
 pub struct SearchChart;
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 820.0;
 const HEIGHT: f64 = 420.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 180.0;
+const RIGHT: f64 = 240.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 
@@ -35,18 +35,28 @@ impl Exporter for SearchChart {
             .flat_map(|(_, s)| s.steps.iter().map(|step| step.offered_rate))
             .max()
             .unwrap_or(1)
-            .max(1) as f64;
-        let highest_p99 = searched
-            .iter()
-            .flat_map(|(_, s)| s.steps.iter().map(|step| step.e2e_p99_us))
-            .max()
-            .unwrap_or(1)
-            .max(target);
-        let log_max = (highest_p99 as f64).log10().ceil().max(1.0);
+            .max(1);
+        let p99s = || {
+            searched
+                .iter()
+                .flat_map(|(_, s)| s.steps.iter().map(|step| step.e2e_p99_us.max(1)))
+                .chain([target])
+        };
+        // The y axis spans the decades the figures fall in, the x axis round rates.
+        let log_min = (p99s().min().unwrap_or(1) as f64).log10().floor();
+        let log_max = (p99s().max().unwrap_or(1) as f64)
+            .log10()
+            .ceil()
+            .max(log_min + 1.0);
+        let rate_tick = nice_ceiling(highest_rate.div_ceil(5).max(1));
+        let rate_max = rate_tick * highest_rate.div_ceil(rate_tick);
         let plot_w = WIDTH - LEFT - RIGHT;
         let plot_h = HEIGHT - TOP - BOTTOM;
-        let x_at = |rate: u64| LEFT + plot_w * rate as f64 / (highest_rate * 1.05);
-        let y_at = |micros: u64| TOP + plot_h * (1.0 - (micros.max(1) as f64).log10() / log_max);
+        let x_at = |rate: u64| LEFT + plot_w * rate as f64 / rate_max as f64;
+        let y_at = |micros: u64| {
+            let log = (micros.max(1) as f64).log10();
+            TOP + plot_h * (1.0 - (log - log_min) / (log_max - log_min))
+        };
         let mut svg = String::new();
         begin(
             &mut svg,
@@ -57,7 +67,7 @@ impl Exporter for SearchChart {
                 result.scenario.name
             ),
         )?;
-        for decade in 0..=(log_max as u32) {
+        for decade in (log_min as u32)..=(log_max as u32) {
             let y = y_at(10u64.pow(decade));
             writeln!(
                 svg,
@@ -68,14 +78,14 @@ impl Exporter for SearchChart {
                 human_micros(10u64.pow(decade))
             )?;
         }
-        for tick in 0..=5u32 {
-            let rate = (highest_rate * f64::from(tick) / 5.0) as u64;
+        for rate in (0..=rate_max).step_by(rate_tick as usize) {
             let x = x_at(rate);
             writeln!(
                 svg,
-                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{rate}</text>"##,
+                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
                 TOP + plot_h,
-                TOP + plot_h + 18.0
+                TOP + plot_h + 18.0,
+                short(rate)
             )?;
         }
         writeln!(
@@ -87,10 +97,10 @@ impl Exporter for SearchChart {
         let target_y = y_at(target);
         writeln!(
             svg,
-            r##"<line x1="{LEFT}" y1="{target_y:.1}" x2="{:.1}" y2="{target_y:.1}" stroke="#000" stroke-dasharray="6,4"/><text x="{:.1}" y="{:.1}" text-anchor="end">target p99 {}</text>"##,
+            r##"<line x1="{LEFT}" y1="{target_y:.1}" x2="{:.1}" y2="{target_y:.1}" stroke="#000" stroke-dasharray="6,4"/><text x="{:.1}" y="{:.1}">target p99 {}</text>"##,
             LEFT + plot_w,
-            LEFT + plot_w - 4.0,
-            target_y - 5.0,
+            LEFT + plot_w + 6.0,
+            target_y + 4.0,
             human_micros(target)
         )?;
         for (index, (cell, search)) in searched.iter().enumerate() {

@@ -176,3 +176,30 @@ pub(super) fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+/// The smallest 1, 2 or 5 times a power of ten at or above `value`.
+pub(super) fn nice_ceiling(value: u64) -> u64 {
+    let mut power = 1u64;
+    loop {
+        for factor in [1, 2, 5] {
+            if factor * power >= value {
+                return factor * power;
+            }
+        }
+        power *= 10;
+    }
+}
+
+/// A count in few characters: 1.5k, 20M.
+pub(super) fn short(value: u64) -> String {
+    match value {
+        v if v >= 1_000_000 => format!("{}M", trim(v as f64 / 1e6)),
+        v if v >= 1_000 => format!("{}k", trim(v as f64 / 1e3)),
+        v => v.to_string(),
+    }
+}
+
+fn trim(value: f64) -> String {
+    let text = format!("{value:.1}");
+    text.trim_end_matches(".0").to_owned()
+}

@@ -5,7 +5,8 @@
 use std::fmt::Write;
 
 use super::Exporter;
-use super::svg::begin;
+use super::svg::{begin, nice_ceiling, short};
+
 use crate::metrics::model::{CellResult, RunResult, TimelineSecond};
 
 /// The chart exporter.
@@ -15,7 +16,7 @@ const WIDTH: f64 = 760.0;
 const PANEL_HEIGHT: f64 = 190.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 80.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 60.0;
 const PANEL_GAP: f64 = 45.0;
 const OFFERED: &str = "#999999";
 const ACKNOWLEDGED: &str = "#2ca02c";
@@ -61,7 +62,7 @@ impl Exporter for TimelineChart {
             };
             writeln!(
                 svg,
-                r#"<line x1="{x:.1}" y1="34" x2="{:.1}" y2="34" stroke="{colour}" stroke-width="3"{dash}/><text x="{:.1}" y="38">{label}</text>"#,
+                r#"<line x1="{x:.1}" y1="44" x2="{:.1}" y2="44" stroke="{colour}" stroke-width="3"{dash}/><text x="{:.1}" y="48">{label}</text>"#,
                 x + 20.0,
                 x + 25.0
             )?;
@@ -129,14 +130,14 @@ fn panel(svg: &mut String, cell: &CellResult, top: f64) -> anyhow::Result<()> {
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
             LEFT - 6.0,
             y + 4.0,
-            short(rate_max * step / 4)
+            short_tick(rate_max, step)
         )?;
         writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" fill="{BACKLOG}">{}</text>"#,
             LEFT + plot_w + 6.0,
             y + 4.0,
-            short(backlog_max * step / 4)
+            short_tick(backlog_max, step)
         )?;
     }
     let tick_every = (seconds / 10.0).ceil().max(1.0) as u32;
@@ -175,36 +176,20 @@ fn panel(svg: &mut String, cell: &CellResult, top: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The smallest 1, 2 or 5 times a power of ten at or above `value`.
-fn nice_ceiling(value: u64) -> u64 {
-    let mut power = 1u64;
-    loop {
-        for factor in [1, 2, 5] {
-            if factor * power >= value {
-                return factor * power;
-            }
-        }
-        power *= 10;
+/// The label of tick `step` of 4 on an axis up to `max`: whole counts, or one decimal where a
+/// quarter of a small axis falls between them.
+fn short_tick(max: u64, step: u64) -> String {
+    if (max * step).is_multiple_of(4) {
+        short(max * step / 4)
+    } else {
+        format!("{:.1}", max as f64 * step as f64 / 4.0)
     }
-}
-
-/// A count in few characters: 1.5k, 20M.
-fn short(value: u64) -> String {
-    match value {
-        v if v >= 1_000_000 => format!("{}M", trim(v as f64 / 1e6)),
-        v if v >= 1_000 => format!("{}k", trim(v as f64 / 1e3)),
-        v => v.to_string(),
-    }
-}
-
-fn trim(value: f64) -> String {
-    let text = format!("{value:.1}");
-    text.trim_end_matches(".0").to_owned()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::svg::{nice_ceiling, short};
+    use super::short_tick;
 
     #[test]
     fn axes_end_on_round_figures() {
@@ -214,5 +199,7 @@ mod tests {
         assert_eq!(nice_ceiling(50_000), 50_000);
         assert_eq!(short(1500), "1.5k");
         assert_eq!(short(20_000_000), "20M");
+        assert_eq!(short_tick(1, 1), "0.2");
+        assert_eq!(short_tick(200_000, 3), "150k");
     }
 }

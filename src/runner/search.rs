@@ -48,11 +48,12 @@ pub fn judge(cell: &CellResult, offered_rate: u64, search: &SearchSection) -> Ve
     reasons
 }
 
+/// A latency for a verdict: close to a target, two decimals tell the two apart.
 fn micros(value: u64) -> String {
-    if value >= 1000 {
-        format!("{:.1} ms", value as f64 / 1000.0)
-    } else {
-        format!("{value} µs")
+    match value {
+        v if v >= 100_000 => format!("{:.1} ms", v as f64 / 1000.0),
+        v if v >= 1000 => format!("{:.2} ms", v as f64 / 1000.0),
+        v => format!("{v} µs"),
     }
 }
 
@@ -121,7 +122,8 @@ pub fn search_cell(
     let mut version = None;
     let mut unreachable = false;
     let (mut highest_passing, mut lowest_failing) = (None::<u64>, None::<u64>);
-    let ended = loop {
+    let runs_per_rate = search.runs_per_rate.get();
+    let ended = 'search: loop {
         if interrupted() && !steps.is_empty() {
             break "interrupted".to_owned();
         }
@@ -129,57 +131,72 @@ pub fn search_cell(
             Ok(rate) => rate,
             Err(ended) => break ended,
         };
-        let step_run_id = format!("{run_id}s{}", steps.len());
-        let (cell, step_version, step_unreachable) = run_cell(
-            &step_scenario(&scenario, rate, search),
-            backend,
-            mode,
-            options,
-            &step_run_id,
-            None,
-            known_unreachable,
-        );
-        version = version.or(step_version);
-        if step_unreachable || cell.status == CellStatus::Interrupted {
-            unreachable = step_unreachable;
-            let ended = if step_unreachable {
-                format!("{backend} could not be used")
-            } else {
-                "interrupted".to_owned()
-            };
-            first.get_or_insert(cell);
-            break ended;
+        // The rate passes only when every one of its runs passes; a failing run ends it.
+        let mut rate_passed = true;
+        let mut last = None;
+        for attempt in 1..=runs_per_rate {
+            let step_run_id = format!("{run_id}s{}", steps.len());
+            let (cell, step_version, step_unreachable) = run_cell(
+                &step_scenario(&scenario, rate, search),
+                backend,
+                mode,
+                options,
+                &step_run_id,
+                None,
+                known_unreachable,
+            );
+            version = version.or(step_version);
+            if step_unreachable || cell.status == CellStatus::Interrupted {
+                unreachable = step_unreachable;
+                first.get_or_insert(cell);
+                break 'search if step_unreachable {
+                    format!("{backend} could not be used")
+                } else {
+                    "interrupted".to_owned()
+                };
+            }
+            let reasons = judge(&cell, rate, search);
+            let passed = reasons.is_empty();
+            eprintln!(
+                "busbench: {backend}/{mode}: step {} at {rate} msg/s{}: {} (p99 {}, handled {:.0} msg/s)",
+                steps.len() + 1,
+                if runs_per_rate > 1 {
+                    format!(" (run {attempt} of {runs_per_rate})")
+                } else {
+                    String::new()
+                },
+                if passed {
+                    "pass".to_owned()
+                } else {
+                    format!("fail: {}", reasons.join("; "))
+                },
+                micros(cell.latency_us.e2e.p99),
+                cell.throughput.e2e_msgs_per_sec
+            );
+            let summary = cell.timeline_summary;
+            steps.push(SearchStep {
+                offered_rate: rate,
+                passed,
+                reasons,
+                planned: cell.planned,
+                sent: cell.sent,
+                received: cell.received,
+                lost: cell.lost,
+                handled_per_sec: cell.throughput.e2e_msgs_per_sec,
+                e2e_p50_us: cell.latency_us.e2e.p50,
+                e2e_p99_us: cell.latency_us.e2e.p99,
+                publish_p99_us: cell.latency_us.publish.p99,
+                peak_backlog: summary.map_or(0, |s| s.peak_backlog),
+                backlog_growing: summary.is_some_and(|s| s.backlog_growing),
+            });
+            last = Some(cell);
+            if !passed {
+                rate_passed = false;
+                break;
+            }
         }
-        let reasons = judge(&cell, rate, search);
-        let passed = reasons.is_empty();
-        eprintln!(
-            "busbench: {backend}/{mode}: step {} at {rate} msg/s: {} (p99 {}, handled {:.0} msg/s)",
-            steps.len() + 1,
-            if passed {
-                "pass".to_owned()
-            } else {
-                format!("fail: {}", reasons.join("; "))
-            },
-            micros(cell.latency_us.e2e.p99),
-            cell.throughput.e2e_msgs_per_sec
-        );
-        let summary = cell.timeline_summary;
-        steps.push(SearchStep {
-            offered_rate: rate,
-            passed,
-            reasons,
-            planned: cell.planned,
-            sent: cell.sent,
-            received: cell.received,
-            lost: cell.lost,
-            handled_per_sec: cell.throughput.e2e_msgs_per_sec,
-            e2e_p50_us: cell.latency_us.e2e.p50,
-            e2e_p99_us: cell.latency_us.e2e.p99,
-            publish_p99_us: cell.latency_us.publish.p99,
-            peak_backlog: summary.map_or(0, |s| s.peak_backlog),
-            backlog_growing: summary.is_some_and(|s| s.backlog_growing),
-        });
-        if passed {
+        let cell = last.expect("a rate runs at least once");
+        if rate_passed {
             highest_passing = Some(rate);
             best = Some(cell);
         } else {
@@ -205,6 +222,7 @@ pub fn search_cell(
     cell.search = Some(RateSearch {
         target_p99_us: search.p99.as_micros() as u64,
         step_seconds: search.step.as_secs_f64(),
+        runs_per_rate,
         max_rate: highest_passing,
         ended,
         steps,

@@ -73,3 +73,11 @@ pub fn nats_server_binary() -> String {
         )
     })
 }
+
+/// A validator for `schema/result.schema.json`.
+pub fn result_schema() -> jsonschema::Validator {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/result.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).expect("the schema itself is valid")
+}
