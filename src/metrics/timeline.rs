@@ -64,7 +64,8 @@ impl SecondCounts {
 /// Handled messages and their end-to-end latency per second, shared by every handler worker.
 pub struct SecondLatencies {
     origin: AtomicU64,
-    handled: Vec<AtomicU64>,
+    /// Per second, the latency bucket counts (their sum is the messages handled), allocated on
+    /// the second's first message.
     histograms: Vec<OnceLock<Box<[AtomicU32]>>>,
 }
 
@@ -86,7 +87,6 @@ impl SecondLatencies {
         let seconds = seconds.clamp(1, MAX_SECONDS);
         SecondLatencies {
             origin: AtomicU64::new(0),
-            handled: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
             histograms: (0..seconds).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -104,8 +104,7 @@ impl SecondLatencies {
     /// Counts one message handled at `now` nanoseconds with an end-to-end latency of `micros`.
     pub fn record(&self, now: u64, micros: u64) {
         let second = ((now.saturating_sub(self.origin()) / NANOS_PER_SECOND) as usize)
-            .min(self.handled.len() - 1);
-        self.handled[second].fetch_add(1, Ordering::Relaxed);
+            .min(self.histograms.len() - 1);
         let buckets = self.histograms[second]
             .get_or_init(|| (0..BUCKETS).map(|_| AtomicU32::new(0)).collect());
         buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
@@ -113,27 +112,24 @@ impl SecondLatencies {
 
     /// Every second from 0 to the last one in which a message was handled.
     pub fn seconds(&self) -> Vec<HandledSecond> {
-        let last = self
-            .handled
+        let mut seconds: Vec<HandledSecond> = self
+            .histograms
             .iter()
-            .rposition(|count| count.load(Ordering::Acquire) > 0);
-        let Some(last) = last else {
-            return Vec::new();
-        };
-        (0..=last)
-            .map(|second| {
-                let handled = self.handled[second].load(Ordering::Acquire);
-                let counts: Vec<u32> = self.histograms[second]
+            .map(|histogram| {
+                let counts: Vec<u32> = histogram
                     .get()
                     .map(|b| b.iter().map(|c| c.load(Ordering::Acquire)).collect())
                     .unwrap_or_default();
                 HandledSecond {
-                    handled,
+                    handled: counts.iter().map(|&c| u64::from(c)).sum(),
                     p50_us: quantile(&counts, 0.50),
                     p99_us: quantile(&counts, 0.99),
                 }
             })
-            .collect()
+            .collect();
+        let last = seconds.iter().rposition(|s| s.handled > 0);
+        seconds.truncate(last.map_or(0, |last| last + 1));
+        seconds
     }
 }
 
