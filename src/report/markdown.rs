@@ -97,7 +97,9 @@ impl Exporter for MarkdownExporter {
             scenario.payload_bytes,
             scenario.publishers,
             scenario.max_in_flight,
-            if scenario.rate == 0 {
+            if scenario.search.is_some() {
+                "set by the search".to_owned()
+            } else if scenario.rate == 0 {
                 "as fast as possible".to_owned()
             } else {
                 let mut rate = format!("{} msg/s", scenario.rate);
