@@ -1,7 +1,7 @@
 //! The regression gates: a baseline from another machine gates only machine-free figures; a
 //! deliberately slower bus (the `BUSBENCH_SLOWDOWN_NS` switch, burning CPU in every handler
 //! worker before each delivery) fails both the machine-free gate and the same-machine A/B, and
-//! a change of a twentieth, inside the noise, fails neither.
+//! a change of a fiftieth, inside the noise, fails neither.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -254,15 +254,16 @@ fn median_e2e(result: &RunResult) -> Vec<f64> {
 }
 
 /// Burn per delivery that doubles the costliest cell's CPU time per message (so every cell
-/// is at least about 2x slower), and a twentieth of the cheapest one's. The burn runs in the
-/// handler workers, on the pipeline's critical path, so it slows throughput by up to about
-/// twice its share of the CPU time (a tenth measured -23% on memory/raw in a debug build,
-/// past the 20% threshold): a twentieth stays a change inside the noise.
+/// is at least about 2x slower), and a fiftieth of the cheapest one's. The burn spins in the
+/// handler workers, on the pipeline's critical path and on a runtime thread, so it slows
+/// throughput by several times its share of the CPU time (in debug builds a tenth measured
+/// -23% on memory/raw, and a twentieth -22% in one CI run, past the 20% threshold): a
+/// fiftieth stays a change inside the noise.
 fn calibrated(baseline: &RunResult) -> (u64, u64) {
     let cpu: Vec<f64> = baseline.cells.iter().map(|c| c.cpu_us_per_msg).collect();
     let most = cpu.iter().copied().fold(0.0, f64::max);
     let least = cpu.iter().copied().fold(f64::MAX, f64::min);
-    ((most * 1000.0) as u64, (least * 50.0) as u64)
+    ((most * 1000.0) as u64, (least * 20.0) as u64)
 }
 
 #[test]
