@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::report::{self, compare};
 use crate::runner::{self, RunOptions};
 use crate::scenario::{BackendKind, RegressionThresholds, Scenario, SearchSection};
+use crate::shard::{ShardSpec, StartAt};
 
 /// Exit code: every cell passed.
 pub const EXIT_OK: i32 = 0;
@@ -54,6 +55,10 @@ enum Command {
     /// Runs a base build and the head interleaved on this machine and judges the head's
     /// absolute figures with a statistical test; exit 4 on regression.
     Ab(AbArgs),
+    /// Merges the results of a split run's shards (`run --shard I/N`) into one result and
+    /// writes the same reports as `run`: counts summed, histograms merged exactly,
+    /// throughput over the union of the shards' measured windows.
+    Merge(MergeArgs),
     /// Measures the bare client publishing a scenario's load alone (no consumer, no bus) on
     /// each broker backend: the figure to hold against the brokers' own publish tools
     /// (`nats bench js pub async`, Kafka's `ProducerPerformance`) on the same machine.
@@ -91,6 +96,19 @@ struct OutputArgs {
     /// How tables on standard output are drawn.
     #[arg(long, value_enum, default_value_t = report::TableStyle::Unicode)]
     style: report::TableStyle,
+}
+
+#[derive(Debug, clap::Args)]
+struct MergeArgs {
+    /// The shards' result files (JSON written by `busbench run --shard I/N`), every shard of
+    /// one run.
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// Folder for the merged reports.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -397,6 +415,102 @@ struct RunArgs {
     /// `[search] p99`).
     #[arg(long, value_name = "DURATION", requires = "find_max_rate", value_parser = parse_p99)]
     p99: Option<std::time::Duration>,
+    #[command(flatten)]
+    sharding: ShardArgs,
+}
+
+/// Splitting a run over several processes or hosts, merged afterwards with `busbench merge`.
+#[derive(Debug, clap::Args)]
+struct ShardArgs {
+    /// Run shard I of N (numbered from 0, as Kubernetes numbers an Indexed Job's pods): the
+    /// messages (or rate), publishers, in-flight window, aggregates and warm-up are split so
+    /// that the N shards add up to the scenario; each shard uses topics of its own. Every
+    /// shard needs the same run id (`--run-id`, or `--start-at` as a time).
+    #[arg(
+        long,
+        value_name = "I/N",
+        env = "BUSBENCH_SHARD",
+        conflicts_with = "shards"
+    )]
+    shard: Option<ShardSpec>,
+    /// Run shard $JOB_COMPLETION_INDEX of N (the index Kubernetes gives each pod of an
+    /// Indexed Job).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    shards: Option<u32>,
+    /// The run's id (letters, digits, `-`, `_`; at most 40): names its topics and streams,
+    /// and tells `merge` which shards belong together. Default: from `--start-at` when it is
+    /// a time, otherwise from the start time.
+    #[arg(long, env = "BUSBENCH_RUN_ID")]
+    run_id: Option<String>,
+    /// Begin the first cell's measured phase at this time, once set-up and warm-up are done:
+    /// RFC 3339 (`2026-11-23T05:00:00Z`, the same for every shard) or a duration from now
+    /// (`90s`). A shard that is ready late starts at once and says so in its result.
+    #[arg(long, value_name = "TIME|DURATION", env = "BUSBENCH_START_AT")]
+    start_at: Option<StartAt>,
+}
+
+/// What the sharding flags ask for.
+struct Sharding {
+    /// The shard to run, if the run is split.
+    shard: Option<runner::ShardRun>,
+    /// The run id given or derived.
+    run_id: Option<String>,
+    /// The start barrier.
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The shard to run, the run id and the start time the flags ask for; on bad input, the
+/// message to print (exit 2).
+fn resolve_sharding(args: &ShardArgs, scenario: &Scenario) -> Result<Sharding, String> {
+    let spec = match (args.shard, args.shards) {
+        (Some(spec), _) => Some(spec),
+        (None, Some(count)) => {
+            let index = std::env::var(crate::shard::JOB_COMPLETION_INDEX).map_err(|_| {
+                format!(
+                    "--shards {count} takes the shard's index from ${}, which is not set (use \
+                     --shard I/{count} outside a Kubernetes Indexed Job)",
+                    crate::shard::JOB_COMPLETION_INDEX
+                )
+            })?;
+            let index = index.trim().parse::<u32>().map_err(|_| {
+                format!(
+                    "${}={index:?} is not a shard index",
+                    crate::shard::JOB_COMPLETION_INDEX
+                )
+            })?;
+            Some(ShardSpec::new(index, count).map_err(|e| format!("--shards {count}: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    if let Some(run_id) = &args.run_id {
+        crate::shard::check_run_id(run_id).map_err(|e| format!("--run-id {e}"))?;
+    }
+    let now = chrono::Utc::now();
+    let start_at = args.start_at.map(|start| start.moment(now));
+    let run_id = args.run_id.clone().or(match args.start_at {
+        Some(StartAt::Time(time)) => Some(crate::shard::run_id_from_time(time)),
+        _ => None,
+    });
+    let shard = match spec {
+        None => None,
+        Some(spec) => {
+            if run_id.is_none() {
+                return Err(format!(
+                    "--shard {spec}: the shards of a run must share one run id: give --run-id, \
+                     or --start-at as a time (RFC 3339), the same for every shard"
+                ));
+            }
+            Some(
+                runner::ShardRun::new(scenario, spec)
+                    .map_err(|e| format!("--shard {spec}: {e}"))?,
+            )
+        }
+    };
+    Ok(Sharding {
+        shard,
+        run_id,
+        start_at,
+    })
 }
 
 /// A latency target: a duration longer than 0.
@@ -448,6 +562,7 @@ pub fn main() -> i32 {
         Command::Compare(args) => compare(args),
         Command::Ab(args) => ab(args),
         Command::Ceiling(args) => ceiling(args),
+        Command::Merge(args) => merge(args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut command(), "busbench", &mut out);
@@ -482,17 +597,11 @@ fn ceiling(args: CeilingArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let options = RunOptions {
-        kafka_bootstrap: args.brokers.kafka_bootstrap,
-        nats_url: args.brokers.nats_url,
-        kafka_version: None,
-        backends: None,
-        progress: false,
-        scenario_file: args.scenario.clone(),
-        repeat: 1,
-        keep_topics: false,
-        overrides: Vec::new(),
-    };
+    let options = RunOptions::new(
+        &args.brokers.kafka_bootstrap,
+        &args.brokers.nats_url,
+        &args.scenario,
+    );
     watch_for_signals();
     let mut status = EXIT_OK;
     for backend in backends {
@@ -665,6 +774,75 @@ fn ab(args: AbArgs) -> i32 {
     }
 }
 
+fn merge(args: MergeArgs) -> i32 {
+    report::set_terminal_style(args.output.style);
+    let result = match crate::merge::merge_files(&args.results) {
+        Ok(result) => result,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    if let Err(error) = report::check_output_dir(&args.out) {
+        eprintln!("error: --out {}: {error:#}", args.out.display());
+        return EXIT_USAGE;
+    }
+    if !print_and_write_reports(&result, args.output.format, &args.out) {
+        return EXIT_INFRASTRUCTURE;
+    }
+    print_failures(&result);
+    if result.passed {
+        EXIT_OK
+    } else {
+        EXIT_THRESHOLD
+    }
+}
+
+/// Prints a result on standard output in `format` and writes its reports into `out` (the
+/// files written, or why not, on standard error); returns whether the reports were written.
+fn print_and_write_reports(
+    result: &crate::metrics::model::RunResult,
+    format: OutputFormat,
+    out: &std::path::Path,
+) -> bool {
+    let printed = match format {
+        OutputFormat::Table => Ok(report::table::terminal(result).into_bytes()),
+        OutputFormat::Json => report::Exporter::render(&report::json::JsonExporter, result),
+        OutputFormat::Csv => report::Exporter::render(&report::csv::CsvExporter, result),
+        OutputFormat::Markdown => {
+            report::Exporter::render(&report::markdown::MarkdownExporter::default(), result)
+        }
+    };
+    match printed {
+        Ok(bytes) => say(String::from_utf8_lossy(&bytes).trim_end()),
+        Err(error) => eprintln!("error: rendering the result: {error:#}"),
+    }
+    match report::write_reports(result, out) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+            true
+        }
+        Err(error) => {
+            eprintln!("error: writing the reports into {}: {error}", out.display());
+            false
+        }
+    }
+}
+
+/// Names each failed cell and why, on standard error.
+fn print_failures(result: &crate::metrics::model::RunResult) {
+    for cell in result.cells.iter().filter(|c| !c.failures.is_empty()) {
+        eprintln!(
+            "{}/{} failed: {}",
+            cell.backend,
+            cell.mode,
+            cell.failures.join("; ")
+        );
+    }
+}
+
 fn compare(args: CompareArgs) -> i32 {
     let read = |path: &PathBuf| compare::read_result(path);
     let (baseline, current) = match (read(&args.baseline), read(&args.current)) {
@@ -826,6 +1004,28 @@ fn run(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let Sharding {
+        shard,
+        run_id,
+        start_at,
+    } = match resolve_sharding(&args.sharding, &scenario) {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            eprintln!("error: {}: {error}", args.scenario.display());
+            return EXIT_USAGE;
+        }
+    };
+    if let Some(at) = start_at {
+        let now = chrono::Utc::now();
+        if at <= now {
+            eprintln!(
+                "busbench: --start-at {} passed {:.1} s ago: the measured phase begins as soon as \
+                 set-up and warm-up end, and the result says how late it was",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                (now - at).num_milliseconds() as f64 / 1000.0
+            );
+        }
+    }
     let options = RunOptions {
         kafka_bootstrap: args.brokers.kafka_bootstrap,
         nats_url: args.brokers.nats_url,
@@ -836,6 +1036,9 @@ fn run(args: RunArgs) -> i32 {
         repeat: args.repeat,
         keep_topics: args.keep_topics,
         overrides: args.overrides.clone(),
+        run_id,
+        shard,
+        start_at,
     };
     let baseline = match &args.baseline {
         None => None,
@@ -854,32 +1057,9 @@ fn run(args: RunArgs) -> i32 {
     watch_for_signals();
     let outcome = runner::run(&scenario, &options);
     let result = &outcome.result;
-    let printed = match args.output.format {
-        OutputFormat::Table => Ok(report::table::terminal(result).into_bytes()),
-        OutputFormat::Json => report::Exporter::render(&report::json::JsonExporter, result),
-        OutputFormat::Csv => report::Exporter::render(&report::csv::CsvExporter, result),
-        OutputFormat::Markdown => {
-            report::Exporter::render(&report::markdown::MarkdownExporter::default(), result)
-        }
-    };
-    match printed {
-        Ok(bytes) => say(String::from_utf8_lossy(&bytes).trim_end()),
-        Err(error) => eprintln!("error: rendering the result: {error:#}"),
-    }
     let mut status = EXIT_OK;
-    match report::write_reports(result, &args.out) {
-        Ok(paths) => {
-            for path in paths {
-                eprintln!("wrote {}", path.display());
-            }
-        }
-        Err(error) => {
-            eprintln!(
-                "error: writing the reports into {}: {error}",
-                args.out.display()
-            );
-            status = EXIT_INFRASTRUCTURE;
-        }
+    if !print_and_write_reports(result, args.output.format, &args.out) {
+        status = EXIT_INFRASTRUCTURE;
     }
     if let Some(path) = &args.junit {
         let written = report::Exporter::render(&report::junit::JunitExporter, result)
@@ -892,14 +1072,7 @@ fn run(args: RunArgs) -> i32 {
             }
         }
     }
-    for cell in result.cells.iter().filter(|c| !c.failures.is_empty()) {
-        eprintln!(
-            "{}/{} failed: {}",
-            cell.backend,
-            cell.mode,
-            cell.failures.join("; ")
-        );
-    }
+    print_failures(result);
     let interrupted = interrupted_exit_code();
     if let Some(path) = &args.save_baseline {
         if let Some(refusal) = baseline_refusal(result, interrupted.is_some()) {

@@ -8,11 +8,13 @@
 pub mod ab;
 pub mod bus;
 pub mod cli;
+pub mod merge;
 pub mod metrics;
 pub mod redact;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod shard;
 
 /// The git commit this build came from (12 hex digits), with `-dirty` when tracked files had
 /// uncommitted changes at build time; `unknown` outside a git checkout.

@@ -87,6 +87,9 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         timeline: Vec::new(),
         timeline_summary: None,
         search: None,
+        measured_from: None,
+        start_late_ms: None,
+        shards: Vec::new(),
     };
     let (mut acknowledged, mut handled) = (0, 0);
     cell.timeline = (0..4u32)
@@ -186,6 +189,9 @@ fn fixture() -> RunResult {
             cell(BackendKind::Nats, Mode::Envelope, 3.0),
         ],
         passed: false,
+        run_id: String::new(),
+        shard: None,
+        merged_from: Vec::new(),
     }
 }
 

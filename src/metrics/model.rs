@@ -31,6 +31,51 @@ pub struct RunResult {
     pub cells: Vec<CellResult>,
     /// Whether every cell passed its thresholds.
     pub passed: bool,
+    /// The run's id: it names the run's topics and streams, and every shard of a split run
+    /// carries the same one (`--run-id`, or derived from the start time).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
+    /// The shard this process ran (`--shard I/N`); absent when the run was not split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+    /// The shards a merged result adds up (`busbench merge`), one per process, in shard
+    /// order; empty for a result of one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedShard>,
+}
+
+/// Which part of a split run one process ran.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    /// This shard's index, from 0.
+    pub index: u32,
+    /// How many shards the run has.
+    pub count: u32,
+    /// The host the shard ran on.
+    pub host: String,
+    /// When the shards' measured phase was to begin (`--start-at`), UTC, RFC 3339; absent
+    /// when each shard began as soon as it was ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
+}
+
+/// One shard of a merged result, as its own result file describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MergedShard {
+    /// The shard's index, from 0.
+    pub index: u32,
+    /// The host it ran on.
+    pub host: String,
+    /// The result file it was read from.
+    pub file: String,
+    /// When its run started (UTC, RFC 3339).
+    pub started_at: String,
+    /// When its run ended (UTC, RFC 3339).
+    pub finished_at: String,
+    /// Whether every cell of the shard passed.
+    pub passed: bool,
+    /// Its machine, software and brokers.
+    pub environment: Environment,
 }
 
 /// The scenario, as run.
@@ -277,6 +322,51 @@ pub struct CellResult {
     /// figures are those of the highest passing step, or of the first step when none passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<RateSearch>,
+    /// When the measured phase began (the first send) on this host's wall clock, UTC: how
+    /// the shards of a split run line up. (Every duration is measured on the monotonic
+    /// clock; this is only where the window sits.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long after the run's `--start-at` the measured phase began, ms: 0 on time, more
+    /// when set-up and warm-up took longer than the time left, or the time was already past
+    /// when the process started. Absent without `--start-at`, and for cells after the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_late_ms: Option<f64>,
+    /// A merged cell's figures per shard (`busbench merge`), in shard order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<CellShard>,
+}
+
+/// What one shard measured of a merged cell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CellShard {
+    /// The shard's index, from 0.
+    pub index: u32,
+    /// The host it ran on.
+    pub host: String,
+    /// How the shard's cell ended.
+    pub status: CellStatus,
+    /// Messages the shard sent.
+    pub sent: u64,
+    /// Distinct messages the shard's subscribers handled.
+    pub received: u64,
+    /// Acknowledged messages the shard never handled.
+    pub lost: u64,
+    /// The shard's own end-to-end throughput, msgs/s.
+    pub e2e_msgs_per_sec: f64,
+    /// The shard's own end-to-end p99, µs.
+    pub e2e_p99_us: u64,
+    /// The shard process's peak RSS during the cell, bytes.
+    pub rss_peak_bytes: u64,
+    /// The shard process's CPU time per handled message, µs.
+    pub cpu_us_per_msg: f64,
+    /// How long after the earliest shard this shard's measured phase began, ms (absent when
+    /// a shard did not record its start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_offset_ms: Option<f64>,
+    /// How long after `--start-at` it began, ms (as the shard reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_late_ms: Option<f64>,
 }
 
 /// One second of a cell's measured phase. Second 0 starts at the first send.

@@ -157,6 +157,7 @@ impl Exporter for MarkdownExporter {
             writeln!(out, "![Latency by percentile]({chart})")?;
             writeln!(out)?;
         }
+        shards_section(&mut out, result)?;
         self.search_section(&mut out, result)?;
         self.timeline_section(&mut out, result)?;
         if result.cells.iter().any(|c| !c.faults.is_empty()) {
@@ -272,6 +273,90 @@ impl Exporter for MarkdownExporter {
         )?;
         Ok(out.into_bytes())
     }
+}
+
+/// A shard's own place in its run, or the shards a merged result adds up: hosts, start
+/// offsets and each shard's figures.
+fn shards_section(out: &mut String, result: &RunResult) -> anyhow::Result<()> {
+    if let Some(shard) = &result.shard {
+        writeln!(out, "## Shard")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Shard {} of {} (numbered from 0) of run `{}`, on host `{}`{}: its share of the \
+             scenario's load, on topics of its own. `busbench merge` adds the shards up.",
+            shard.index,
+            shard.count,
+            result.run_id,
+            shard.host,
+            shard
+                .start_at
+                .as_ref()
+                .map_or(String::new(), |at| format!(", measured phase from {at}"))
+        )?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if result.merged_from.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "## Shards")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Run `{}` was split over {} processes and merged: counts are sums, latency histograms \
+         are merged exactly, throughput counts the union of the shards' measured windows. \
+         Latency never crosses hosts: each message is sent and handled by one shard.",
+        result.run_id,
+        result.merged_from.len()
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| shard | host | started | passed | environment |")?;
+    writeln!(out, "|---:|---|---|---|---|")?;
+    for shard in &result.merged_from {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} (`{}`) |",
+            shard.index,
+            shard.host,
+            shard.started_at,
+            if shard.passed { "yes" } else { "no" },
+            shard.environment.fingerprint_text(),
+            shard.file
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| cell | shard | start offset ms | late ms | sent | received | lost | msg/s e2e | p99 µs | peak RSS MiB | CPU µs/msg |"
+    )?;
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for cell in &result.cells {
+        for shard in &cell.shards {
+            let ms = |value: Option<f64>| value.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
+            writeln!(
+                out,
+                "| {}/{} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} | {:.2} |",
+                cell.backend,
+                cell.mode,
+                shard.index,
+                ms(shard.start_offset_ms),
+                ms(shard.start_late_ms),
+                shard.sent,
+                shard.received,
+                shard.lost,
+                shard.e2e_msgs_per_sec,
+                shard.e2e_p99_us,
+                shard.rss_peak_bytes as f64 / (1024.0 * 1024.0),
+                shard.cpu_us_per_msg
+            )?;
+        }
+    }
+    writeln!(out)?;
+    Ok(())
 }
 
 impl MarkdownExporter {

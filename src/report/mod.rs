@@ -75,14 +75,20 @@ pub trait Exporter {
     fn render(&self, result: &RunResult) -> anyhow::Result<Vec<u8>>;
 }
 
-/// The file stem of a run's reports: `<scenario>-<UTC timestamp>`.
+/// The file stem of a run's reports: `<scenario>-<UTC timestamp>`, with `-shard<I>of<N>`
+/// for a shard of a split run and `-merged` for the shards merged.
 pub fn file_stem(result: &RunResult) -> String {
     let stamp: String = result
         .started_at
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    format!("{}-{stamp}", result.scenario.name)
+    let name = &result.scenario.name;
+    match &result.shard {
+        Some(shard) => format!("{name}-{stamp}-shard{}of{}", shard.index, shard.count),
+        None if !result.merged_from.is_empty() => format!("{name}-{stamp}-merged"),
+        None => format!("{name}-{stamp}"),
+    }
 }
 
 /// Checks, before anything runs, that reports can be written into `dir`: the folder exists

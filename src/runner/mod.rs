@@ -25,7 +25,7 @@ use crate::bus::{
 use crate::metrics::latency::{self, Percentiles};
 use crate::metrics::model::{
     CellResult, CellStatus, Histograms, Latency, Memory, RepeatSpread, RunResult, ScenarioInfo,
-    Tasks, Threads, Throughput, per_second, success_rate,
+    ShardInfo, Tasks, Threads, Throughput, per_second, success_rate,
 };
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::resources;
@@ -94,6 +94,54 @@ pub struct RunOptions {
     pub keep_topics: bool,
     /// Settings changed on the command line (`--set`), for the report.
     pub overrides: Vec<(String, String)>,
+    /// The run's id (`--run-id`), naming its topics and streams; derived from the start
+    /// time when absent.
+    pub run_id: Option<String>,
+    /// The part of the run this process runs, when the run is split over several (`--shard`).
+    pub shard: Option<ShardRun>,
+    /// When the first cell's measured phase begins (`--start-at`): after set-up and warm-up,
+    /// the cell waits for it, so that every shard measures over the same window.
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl RunOptions {
+    /// Options for the brokers at these addresses, everything else at its default: one run
+    /// of each cell, no progress bars, topics deleted, one process.
+    pub fn new(kafka_bootstrap: &str, nats_url: &str, scenario_file: &std::path::Path) -> Self {
+        RunOptions {
+            kafka_bootstrap: kafka_bootstrap.to_owned(),
+            nats_url: nats_url.to_owned(),
+            kafka_version: None,
+            backends: None,
+            progress: false,
+            scenario_file: scenario_file.to_owned(),
+            repeat: 1,
+            keep_topics: false,
+            overrides: Vec::new(),
+            run_id: None,
+            shard: None,
+            start_at: None,
+        }
+    }
+}
+
+/// One shard of a split run: which one, and the share of the scenario it runs.
+#[derive(Debug, Clone)]
+pub struct ShardRun {
+    /// Shard I of N.
+    pub spec: crate::shard::ShardSpec,
+    /// Its share of the scenario's load ([`crate::shard::scenario_share`]).
+    pub share: Scenario,
+}
+
+impl ShardRun {
+    /// Shard `spec` of `scenario`, when the scenario can be split that way.
+    pub fn new(scenario: &Scenario, spec: crate::shard::ShardSpec) -> Result<Self, String> {
+        Ok(ShardRun {
+            spec,
+            share: crate::shard::scenario_share(scenario, spec)?,
+        })
+    }
 }
 
 /// A run that could not be carried out at all.
@@ -155,7 +203,20 @@ pub fn bus_config(scenario: &Scenario, backend: BackendKind, options: &RunOption
 /// Runs every cell of the scenario.
 pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let started_at = chrono::Utc::now();
-    let run_id = format!("{}", started_at.format("%Y%m%d%H%M%S%3f"));
+    // The result describes the whole scenario (its settings and workload hash, which every
+    // shard shares); a shard runs its share.
+    let whole = scenario;
+    let scenario = options.shard.as_ref().map_or(whole, |shard| &shard.share);
+    let given_run_id = options
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{}", started_at.format("%Y%m%d%H%M%S%3f")));
+    // Shards never share topics, streams or consumer groups.
+    let run_id = match &options.shard {
+        Some(shard) => format!("{given_run_id}s{}", shard.spec.index),
+        None => given_run_id.clone(),
+    };
+    let mut start_at = options.start_at;
     let backends: Vec<BackendKind> = match &options.backends {
         Some(list) => list.clone(),
         None => scenario.backends.clone(),
@@ -267,7 +328,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     &run_id,
                     ceiling,
                     unreachable_backends.get(&backend).map(String::as_str),
+                    start_at,
                 );
+                // The start time lines up the first measured phase; later ones follow.
+                if cell.start_late_ms.is_some() {
+                    start_at = None;
+                }
                 if let Some(version) = version {
                     broker_versions.insert(backend.name().to_owned(), version);
                 }
@@ -320,10 +386,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         result: RunResult {
             schema_version: crate::metrics::model::SCHEMA_VERSION,
             scenario: ScenarioInfo {
-                name: scenario.name.clone(),
+                name: whole.name.clone(),
                 file: options.scenario_file.display().to_string(),
-                hash: scenario.workload_hash(),
-                settings: scenario.redacted(),
+                hash: whole.workload_hash(),
+                settings: whole.redacted(),
                 overrides: options
                     .overrides
                     .iter()
@@ -336,6 +402,16 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             cells,
             passed,
+            run_id: given_run_id,
+            shard: options.shard.as_ref().map(|shard| ShardInfo {
+                index: shard.spec.index,
+                count: shard.spec.count,
+                host: crate::shard::host_name(),
+                start_at: options
+                    .start_at
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            }),
+            merged_from: Vec::new(),
         },
         infrastructure_failure,
     }
@@ -500,6 +576,10 @@ struct Measured {
     offered: SecondCounts,
     /// Acknowledgements per second of the measured phase, all publishers.
     acknowledged_per_second: SecondCounts,
+    /// The wall-clock time of the first send.
+    measured_from: chrono::DateTime<chrono::Utc>,
+    /// How long after the start time (`--start-at`) the measured phase began, ms.
+    start_late_ms: Option<f64>,
 }
 
 /// How a cell failed before its measured phase produced figures.
@@ -577,9 +657,13 @@ fn teardown_reserve(timeout: Duration) -> Duration {
 /// healthy broker, short enough to be prompt on a stalled one.
 const TEARDOWN_AFTER_INTERRUPT: Duration = Duration::from_secs(3);
 
+/// How late after `--start-at` a measured phase may begin before its cell says so, ms.
+const LATE_START_MS: f64 = 100.0;
+
 /// Drives one cell inside one deadline: connect, set-up, warm-up, measure and drain must end
 /// by `timeout - teardown_reserve`, teardown by `timeout`; an interruption ends the current
 /// phase within milliseconds and teardown within [`TEARDOWN_AFTER_INTERRUPT`].
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     scenario: &Scenario,
     backend: BackendKind,
@@ -588,9 +672,14 @@ async fn drive(
     run_id: &str,
     recorder: Arc<Recorder>,
     sent_counter: Arc<AtomicU64>,
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Measured, CellFailure> {
     let timeout = scenario.timeout();
-    let deadline = tokio::time::Instant::now() + timeout;
+    // Waiting for the start time does not eat into the cell's own bound.
+    let until_start = start_at
+        .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + until_start + timeout;
     let work_deadline = deadline - teardown_reserve(timeout);
     let config = bus_config(scenario, backend, options);
     let nats_config = match &config.backend {
@@ -636,6 +725,7 @@ async fn drive(
         recorder,
         sent_counter,
         work_deadline,
+        start_at,
     )
     .await;
     let teardown = async {
@@ -704,6 +794,7 @@ async fn measure(
     recorder: Arc<Recorder>,
     sent_counter: Arc<AtomicU64>,
     deadline: tokio::time::Instant,
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Measured, CellFailure> {
     let timeout = scenario.timeout();
     // Set-up: topics and subscriptions, ready before anything is sent.
@@ -844,7 +935,23 @@ async fn measure(
             stop.cancel();
         }
     });
+    // The start barrier: every shard's measured phase begins at the same time.
+    let start_late_ms = match start_at {
+        None => None,
+        Some(at) => {
+            if let Ok(wait) = (at - chrono::Utc::now()).to_std() {
+                bounded(deadline, tokio::time::sleep(wait))
+                    .await
+                    .map_err(|cut| CellFailure::cut(cut, "waiting for the start time", timeout))?;
+            }
+            let late = (chrono::Utc::now() - at)
+                .num_microseconds()
+                .unwrap_or(i64::MAX);
+            Some(late.max(0) as f64 / 1000.0)
+        }
+    };
     let work_at_start = resources::WorkCounters::read();
+    let measured_from = chrono::Utc::now();
     let first_send_nanos = recorder.now_nanos();
     recorder.start_seconds(first_send_nanos);
     let phase_start = tokio::time::Instant::now();
@@ -960,9 +1067,12 @@ async fn measure(
         kept_topics: Vec::new(),
         offered,
         acknowledged_per_second,
+        measured_from,
+        start_late_ms,
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_cell(
     scenario: &Scenario,
     backend: BackendKind,
@@ -971,6 +1081,7 @@ fn run_cell(
     run_id: &str,
     ceiling: Option<f64>,
     known_unreachable: Option<&str>,
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> (CellResult, Option<String>, bool) {
     let scenario = &scenario.for_backend(backend);
     release_freed_memory();
@@ -1008,6 +1119,7 @@ fn run_cell(
             run_id,
             recorder.clone(),
             sent_counter,
+            start_at,
         )),
     };
     let cpu = resources::cpu_time().saturating_sub(cpu_before);
@@ -1168,7 +1280,17 @@ fn run_cell(
         timeline: Vec::new(),
         timeline_summary: None,
         search: None,
+        measured_from: measured.as_ref().map(|m| m.measured_from),
+        start_late_ms: measured.as_ref().and_then(|m| m.start_late_ms),
+        shards: Vec::new(),
     };
+    if let Some(late) = cell.start_late_ms.filter(|late| *late > LATE_START_MS) {
+        cell.warnings.push(format!(
+            "the measured phase began {:.2} s after the start time (--start-at): set-up and \
+             warm-up took longer than the time left, or the time had passed",
+            late / 1000.0
+        ));
+    }
     if let Some(m) = &measured {
         cell.timeline = timeline::build(
             &m.offered,
