@@ -10,7 +10,9 @@
 # BUSBENCH_KEEP_BROKERS=1). Everything is written under BUSBENCH_SHARDS_OUT (default
 # results/shards-<UTC time>): single/, shard<I>/ with each shard's log, merged/.
 # BUSBENCH_SHARDS_LEAD (default 30) is the seconds from now to the shards' start time: enough
-# for every process's set-up and warm-up. Exit code: 0 when every run and the merge passed.
+# for every process's set-up and warm-up; BUSBENCH_SHARDS_BARRIER (default 127.0.0.1 and a
+# random port) is where shard 0 listens for the others before each cell. Exit code: 0 when
+# every run and the merge passed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -64,11 +66,13 @@ single="$(result_in "$out/single")"
 
 run_id="shards-$stamp"
 start_at="$(date -u -d "+$lead seconds" +%Y-%m-%dT%H:%M:%SZ)"
-echo "shards.sh: $count processes, run $run_id, measured phase from $start_at" >&2
+# Shard 0 listens here; every cell's measured phase waits until all shards are ready for it.
+barrier="${BUSBENCH_SHARDS_BARRIER:-127.0.0.1:$((20000 + RANDOM % 30000))}"
+echo "shards.sh: $count processes, run $run_id, measured phase from $start_at, barrier $barrier" >&2
 pids=()
 for ((index = 0; index < count; index++)); do
     "$bin" run "$scenario" --no-progress --shard "$index/$count" --run-id "$run_id" \
-        --start-at "$start_at" --out "$out/shard$index" "$@" \
+        --start-at "$start_at" --barrier "$barrier" --out "$out/shard$index" "$@" \
         >"$out/shard$index.txt" 2>"$out/shard$index.log" &
     pids+=("$!")
 done

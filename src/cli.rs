@@ -447,6 +447,11 @@ struct ShardArgs {
     /// (`90s`). A shard that is ready late starts at once and says so in its result.
     #[arg(long, value_name = "TIME|DURATION", env = "BUSBENCH_START_AT")]
     start_at: Option<StartAt>,
+    /// Line up every cell, not only the first: shard 0 listens at HOST:PORT and the other
+    /// shards connect to it; before each cell's measured phase, every shard waits until all
+    /// are ready for it.
+    #[arg(long, value_name = "HOST:PORT", env = "BUSBENCH_BARRIER")]
+    barrier: Option<String>,
 }
 
 /// What the sharding flags ask for.
@@ -455,8 +460,10 @@ struct Sharding {
     shard: Option<runner::ShardRun>,
     /// The run id given or derived.
     run_id: Option<String>,
-    /// The start barrier.
+    /// The start time.
     start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The shards' barrier address.
+    barrier: Option<String>,
 }
 
 /// The shard to run, the run id and the start time the flags ask for; on bad input, the
@@ -506,10 +513,24 @@ fn resolve_sharding(args: &ShardArgs, scenario: &Scenario) -> Result<Sharding, S
             )
         }
     };
+    if let Some(address) = &args.barrier {
+        if shard.is_none() {
+            return Err("--barrier lines up the shards of a split run: it needs --shard".into());
+        }
+        let port = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port));
+        if port.and_then(|port| port.parse::<u16>().ok()).is_none() {
+            return Err(format!(
+                "--barrier {address:?} is not HOST:PORT, such as busbench-0.busbench:7070"
+            ));
+        }
+    }
     Ok(Sharding {
         shard,
         run_id,
         start_at,
+        barrier: args.barrier.clone(),
     })
 }
 
@@ -1008,6 +1029,7 @@ fn run(args: RunArgs) -> i32 {
         shard,
         run_id,
         start_at,
+        barrier,
     } = match resolve_sharding(&args.sharding, &scenario) {
         Ok(resolved) => resolved,
         Err(error) => {
@@ -1039,6 +1061,7 @@ fn run(args: RunArgs) -> i32 {
         run_id,
         shard,
         start_at,
+        barrier,
     };
     let baseline = match &args.baseline {
         None => None,

@@ -415,16 +415,25 @@ fn the_start_barrier_waits_for_its_time_and_a_past_time_starts_at_once() {
     assert_eq!(first.received, 300);
 }
 
-/// Two shards at once on the real brokers, lined up by an absolute start time: each keeps
-/// to its own topics (nothing lost, nothing taken from the other), their first measured
-/// phases begin together, and the merge adds up to the scenario.
+/// Two shards at once on the real brokers, lined up by an absolute start time and the
+/// barrier: each keeps to its own topics (nothing lost, nothing taken from the other), every
+/// cell's measured phases begin together, and the merge adds up to the scenario.
 #[test]
 fn shards_on_kafka_and_nats_run_at_once_on_their_own_topics_and_merge() {
     let dir = tempfile::tempdir().unwrap();
     let path = scenario(dir.path(), "\"kafka\", \"nats\"", 4001);
     let start_at = (chrono::Utc::now() + chrono::Duration::seconds(20))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let files = run_shards(dir.path(), &path, 2, &["--start-at", &start_at]);
+    let barrier = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let files = run_shards(
+        dir.path(),
+        &path,
+        2,
+        &["--start-at", &start_at, "--barrier", &barrier],
+    );
     let shards: Vec<RunResult> = files.iter().map(|f| read(f)).collect();
     assert_eq!(
         shards[0].run_id, shards[1].run_id,
@@ -449,16 +458,25 @@ fn shards_on_kafka_and_nats_run_at_once_on_their_own_topics_and_merge() {
         );
         assert_eq!(cell.order_violations, 0);
     }
+    for cell in &result.cells {
+        let offsets: Vec<f64> = cell
+            .shards
+            .iter()
+            .map(|s| s.start_offset_ms.unwrap())
+            .collect();
+        assert!(
+            offsets.iter().all(|o| *o < 500.0),
+            "{}/{}: the measured phases began {offsets:?} ms apart",
+            cell.backend,
+            cell.mode
+        );
+        assert!(
+            cell.warnings.iter().all(|w| !w.contains("apart")),
+            "{:?}",
+            cell.warnings
+        );
+    }
     let first = &result.cells[0];
-    let offsets: Vec<f64> = first
-        .shards
-        .iter()
-        .map(|s| s.start_offset_ms.unwrap())
-        .collect();
-    assert!(
-        offsets.iter().all(|o| *o < 500.0),
-        "the first measured phases began {offsets:?} ms apart"
-    );
     assert!(
         first
             .shards

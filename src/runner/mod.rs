@@ -4,6 +4,7 @@
 //! Timing ends when the last expected message is handled, never after a fixed sleep; a cell
 //! that does not finish within the scenario's timeout fails.
 
+pub mod barrier;
 pub mod ceiling;
 pub mod downstream;
 mod environment;
@@ -102,6 +103,9 @@ pub struct RunOptions {
     /// When the first cell's measured phase begins (`--start-at`): after set-up and warm-up,
     /// the cell waits for it, so that every shard measures over the same window.
     pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The shards' barrier (`--barrier HOST:PORT`): before every cell's measured phase, each
+    /// shard waits for all of them; shard 0 listens there.
+    pub barrier: Option<String>,
 }
 
 impl RunOptions {
@@ -121,6 +125,7 @@ impl RunOptions {
             run_id: None,
             shard: None,
             start_at: None,
+            barrier: None,
         }
     }
 }
@@ -217,6 +222,35 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         None => given_run_id.clone(),
     };
     let mut start_at = options.start_at;
+    // The shards' barrier, joined before the first cell (shard 0 waits for the others).
+    let mut barrier_problem = None;
+    let barrier = match (&options.shard, &options.barrier) {
+        (Some(shard), Some(address)) => {
+            let until_start = start_at
+                .and_then(|at| (at - started_at).to_std().ok())
+                .unwrap_or_default();
+            match barrier::Barrier::join(
+                address,
+                &given_run_id,
+                shard.spec.index,
+                shard.spec.count,
+                until_start + scenario.timeout(),
+            ) {
+                Ok(barrier) => Some(barrier),
+                Err(error) => {
+                    let problem = format!(
+                        "the shards' barrier could not be set up ({error}): this cell began \
+                         without waiting for the other shards"
+                    );
+                    eprintln!("busbench: {problem}");
+                    barrier_problem = Some(problem);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut cell_number: i64 = 0;
     let backends: Vec<BackendKind> = match &options.backends {
         Some(list) => list.clone(),
         None => scenario.backends.clone(),
@@ -320,7 +354,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
             let mut runs = Vec::new();
             for attempt in 0..options.repeat.max(1) {
                 let run_id = format!("{run_id}r{attempt}");
-                let (cell, version, unreachable) = run_cell(
+                let gate = StartGate {
+                    at: start_at,
+                    barrier: barrier.as_ref().map(|b| (b, cell_number)),
+                };
+                let (mut cell, version, unreachable) = run_cell(
                     scenario,
                     backend,
                     mode,
@@ -328,8 +366,13 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     &run_id,
                     ceiling,
                     unreachable_backends.get(&backend).map(String::as_str),
-                    start_at,
+                    gate,
                 );
+                if let Some(barrier) = &barrier {
+                    barrier.done(cell_number);
+                }
+                cell.warnings.extend(barrier_problem.clone());
+                cell_number += 1;
                 // The start time lines up the first measured phase; later ones follow.
                 if cell.start_late_ms.is_some() {
                     start_at = None;
@@ -580,6 +623,8 @@ struct Measured {
     measured_from: chrono::DateTime<chrono::Utc>,
     /// How long after the start time (`--start-at`) the measured phase began, ms.
     start_late_ms: Option<f64>,
+    /// The shards' barrier was gone when this cell reached it.
+    barrier_lost: bool,
 }
 
 /// How a cell failed before its measured phase produced figures.
@@ -657,6 +702,15 @@ fn teardown_reserve(timeout: Duration) -> Duration {
 /// healthy broker, short enough to be prompt on a stalled one.
 const TEARDOWN_AFTER_INTERRUPT: Duration = Duration::from_secs(3);
 
+/// What a cell's measured phase waits for before its first send.
+#[derive(Clone, Copy, Default)]
+pub struct StartGate<'a> {
+    /// A time (`--start-at`).
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The shards' barrier, and this cell's number in it.
+    pub barrier: Option<(&'a barrier::Barrier, i64)>,
+}
+
 /// How late after `--start-at` a measured phase may begin before its cell says so, ms.
 const LATE_START_MS: f64 = 100.0;
 
@@ -672,11 +726,12 @@ async fn drive(
     run_id: &str,
     recorder: Arc<Recorder>,
     sent_counter: Arc<AtomicU64>,
-    start_at: Option<chrono::DateTime<chrono::Utc>>,
+    gate: StartGate<'_>,
 ) -> Result<Measured, CellFailure> {
     let timeout = scenario.timeout();
     // Waiting for the start time does not eat into the cell's own bound.
-    let until_start = start_at
+    let until_start = gate
+        .at
         .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
         .unwrap_or_default();
     let deadline = tokio::time::Instant::now() + until_start + timeout;
@@ -725,7 +780,7 @@ async fn drive(
         recorder,
         sent_counter,
         work_deadline,
-        start_at,
+        gate,
     )
     .await;
     let teardown = async {
@@ -794,7 +849,7 @@ async fn measure(
     recorder: Arc<Recorder>,
     sent_counter: Arc<AtomicU64>,
     deadline: tokio::time::Instant,
-    start_at: Option<chrono::DateTime<chrono::Utc>>,
+    gate: StartGate<'_>,
 ) -> Result<Measured, CellFailure> {
     let timeout = scenario.timeout();
     // Set-up: topics and subscriptions, ready before anything is sent.
@@ -935,8 +990,22 @@ async fn measure(
             stop.cancel();
         }
     });
-    // The start barrier: every shard's measured phase begins at the same time.
-    let start_late_ms = match start_at {
+    // The shards' barrier: every shard is ready for this cell before any measures it.
+    if let Some((barrier, cell)) = gate.barrier {
+        barrier.ready(cell);
+        bounded(deadline, async {
+            while !barrier.released(cell) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .map_err(|cut| {
+            CellFailure::cut(cut, "waiting for the other shards (--barrier)", timeout)
+        })?;
+    }
+    let barrier_lost = gate.barrier.is_some_and(|(barrier, _)| barrier.broken());
+    // The start time: every shard's first measured phase begins at the same time.
+    let start_late_ms = match gate.at {
         None => None,
         Some(at) => {
             if let Ok(wait) = (at - chrono::Utc::now()).to_std() {
@@ -1069,6 +1138,7 @@ async fn measure(
         acknowledged_per_second,
         measured_from,
         start_late_ms,
+        barrier_lost,
     })
 }
 
@@ -1081,7 +1151,7 @@ fn run_cell(
     run_id: &str,
     ceiling: Option<f64>,
     known_unreachable: Option<&str>,
-    start_at: Option<chrono::DateTime<chrono::Utc>>,
+    gate: StartGate<'_>,
 ) -> (CellResult, Option<String>, bool) {
     let scenario = &scenario.for_backend(backend);
     release_freed_memory();
@@ -1119,7 +1189,7 @@ fn run_cell(
             run_id,
             recorder.clone(),
             sent_counter,
-            start_at,
+            gate,
         )),
     };
     let cpu = resources::cpu_time().saturating_sub(cpu_before);
@@ -1284,6 +1354,13 @@ fn run_cell(
         start_late_ms: measured.as_ref().and_then(|m| m.start_late_ms),
         shards: Vec::new(),
     };
+    if measured.as_ref().is_some_and(|m| m.barrier_lost) {
+        cell.warnings.push(
+            "the shards' barrier was lost (shard 0 went away): this cell began without waiting \
+             for the other shards"
+                .into(),
+        );
+    }
     if let Some(late) = cell.start_late_ms.filter(|late| *late > LATE_START_MS) {
         cell.warnings.push(format!(
             "the measured phase began {:.2} s after the start time (--start-at): set-up and \

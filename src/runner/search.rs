@@ -144,7 +144,7 @@ pub fn search_cell(
                 &step_run_id,
                 None,
                 known_unreachable,
-                None,
+                super::StartGate::default(),
             );
             version = version.or(step_version);
             if step_unreachable || cell.status == CellStatus::Interrupted {
