@@ -4,7 +4,7 @@
 #   examples/kubernetes/run.sh SCENARIO SHARDS IMAGE
 #   examples/kubernetes/run.sh scenarios/medium.toml 3 registry.example/busbench:0.1.0
 #
-# Creates the scenario's ConfigMap, starts the Indexed Job with a start time LEAD seconds
+# Creates the scenario's ConfigMap and the shards' headless Service, starts the Indexed Job with a start time LEAD seconds
 # ahead (default 120: image pulls and set-up must fit in it), waits for every shard, runs the
 # merge Job, and copies the run's folder (shards and merged reports) to ./results/<run id>
 # through a short-lived pod on the results volume. Needs kubectl with a context for the
@@ -26,6 +26,7 @@ fill() {
 }
 
 kubectl create configmap "busbench-scenario-$run_id" --from-file=scenario.toml="$scenario"
+fill "$here/service.yaml" | kubectl apply -f -
 fill "$here/job.yaml" | kubectl apply -f -
 echo "run $run_id: $shards shards, measured phase from $start_at" >&2
 kubectl wait --for=condition=complete "job/busbench-$run_id" --timeout="$timeout"
@@ -41,4 +42,5 @@ mkdir -p results
 kubectl cp "busbench-copy-$run_id:/results/$run_id" "results/$run_id"
 kubectl delete pod "busbench-copy-$run_id" --wait=false
 kubectl delete configmap "busbench-scenario-$run_id"
+kubectl delete service "busbench-$run_id"
 echo "results/$run_id/merged holds the merged report" >&2

@@ -255,8 +255,21 @@ fn gather(
     if count == 1 {
         return Ok(());
     }
-    let listener = TcpListener::bind(address).map_err(|source| BarrierError::Listen {
-        address: address.to_owned(),
+    // Shard 0 listens on every interface when the address names a host (its own DNS name
+    // may not resolve yet when it starts), on the address itself when it is an IP.
+    let bind = match address.rsplit_once(':') {
+        Some((host, port))
+            if host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_err() =>
+        {
+            format!("0.0.0.0:{port}")
+        }
+        _ => address.to_owned(),
+    };
+    let listener = TcpListener::bind(&bind).map_err(|source| BarrierError::Listen {
+        address: bind.clone(),
         source,
     })?;
     let _ = listener.set_nonblocking(true);
