@@ -55,6 +55,18 @@ impl Percentiles {
     }
 }
 
+/// A latency in µs as people read it: µs below 1 ms, ms with two decimals below 100 ms (so
+/// that a figure just over a target never reads as equal to it), one decimal above, seconds
+/// from 10 s.
+pub fn readable(micros: u64) -> String {
+    match micros {
+        m if m >= 10_000_000 => format!("{:.1} s", m as f64 / 1e6),
+        m if m >= 100_000 => format!("{:.1} ms", m as f64 / 1e3),
+        m if m >= 1_000 => format!("{:.2} ms", m as f64 / 1e3),
+        m => format!("{m} µs"),
+    }
+}
+
 /// Serialises a histogram as base64 of HdrHistogram's V2 deflate format, so that results can
 /// be merged and re-analysed exactly.
 pub fn encode(histogram: &Histogram<u64>) -> String {

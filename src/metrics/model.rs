@@ -369,6 +369,14 @@ pub struct CellShard {
     pub start_late_ms: Option<f64>,
 }
 
+impl CellResult {
+    /// The highest rate the cell's rate search found under its p99 target, msgs/s (absent
+    /// without a search, or when no rate passed).
+    pub fn max_rate_at_p99_target(&self) -> Option<u64> {
+        self.search.as_ref().and_then(|search| search.max_rate)
+    }
+}
+
 /// One second of a cell's measured phase. Second 0 starts at the first send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineSecond {

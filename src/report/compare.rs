@@ -291,9 +291,7 @@ fn cell_metrics() -> [(&'static str, Kind, RunValues); 10] {
             )
         }),
         ("max msg/s at p99 target", Kind::Throughput, |c| {
-            c.search
-                .as_ref()
-                .and_then(|s| s.max_rate)
+            c.max_rate_at_p99_target()
                 .map(|rate| rate as f64)
                 .into_iter()
                 .collect()

@@ -138,8 +138,7 @@ fn row(scenario: &str, cell: &CellResult) -> Vec<String> {
     fields.push(summary.map_or(String::new(), |s| s.backlog_growing.to_string()));
     let search = cell.search.as_ref();
     fields.push(
-        search
-            .and_then(|s| s.max_rate)
+        cell.max_rate_at_p99_target()
             .map_or(String::new(), |rate| rate.to_string()),
     );
     fields.push(search.map_or(String::new(), |s| s.target_p99_us.to_string()));

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{Exporter, table};
+use crate::metrics::latency::readable;
 use crate::metrics::model::{CellStatus, RunResult};
 
 /// The markdown report; the charts' file names are linked when given.
@@ -421,7 +422,7 @@ impl MarkdownExporter {
         writeln!(
             out,
             "## Highest rate with end-to-end p99 <= {}",
-            fmt_micros(first.target_p99_us)
+            readable(first.target_p99_us)
         )?;
         writeln!(out)?;
         writeln!(
@@ -460,8 +461,8 @@ impl MarkdownExporter {
                 search
                     .max_rate
                     .map_or("**none passed**".to_owned(), |r| r.to_string()),
-                best.map_or("-".to_owned(), |s| fmt_micros(s.e2e_p50_us)),
-                best.map_or("-".to_owned(), |s| fmt_micros(s.e2e_p99_us)),
+                best.map_or("-".to_owned(), |s| readable(s.e2e_p50_us)),
+                best.map_or("-".to_owned(), |s| readable(s.e2e_p99_us)),
                 search.steps.len(),
                 search.ended
             )?;
@@ -485,8 +486,8 @@ impl MarkdownExporter {
                     "| {} | {:.0} | {} | {} | {} | {} | {} |",
                     step.offered_rate,
                     step.handled_per_sec,
-                    fmt_micros(step.e2e_p50_us),
-                    fmt_micros(step.e2e_p99_us),
+                    readable(step.e2e_p50_us),
+                    readable(step.e2e_p99_us),
                     step.peak_backlog,
                     step.lost,
                     if step.passed {
@@ -499,15 +500,5 @@ impl MarkdownExporter {
             writeln!(out)?;
         }
         Ok(())
-    }
-}
-
-/// A latency in µs, in the unit that reads best.
-fn fmt_micros(micros: u64) -> String {
-    match micros {
-        m if m >= 10_000_000 => format!("{:.1} s", m as f64 / 1e6),
-        m if m >= 10_000 => format!("{:.1} ms", m as f64 / 1e3),
-        m if m >= 1_000 => format!("{:.2} ms", m as f64 / 1e3),
-        m => format!("{m} µs"),
     }
 }

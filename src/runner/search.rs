@@ -9,6 +9,7 @@
 //! measured phase, drain, teardown) on topics named after the step, so a step never sees the
 //! backlog of the one before.
 
+use crate::metrics::latency;
 use crate::metrics::model::{CellResult, CellStatus, RateSearch, SearchStep};
 use crate::scenario::{BackendKind, Mode, Scenario, SearchSection};
 
@@ -29,8 +30,8 @@ pub fn judge(cell: &CellResult, offered_rate: u64, search: &SearchSection) -> Ve
     } else if cell.latency_us.e2e.p99 > target {
         reasons.push(format!(
             "end-to-end p99 {} is above the target of {}",
-            micros(cell.latency_us.e2e.p99),
-            micros(target)
+            latency::readable(cell.latency_us.e2e.p99),
+            latency::readable(target)
         ));
     }
     let least = offered_rate as f64 * (1.0 - search.tolerance);
@@ -46,15 +47,6 @@ pub fn judge(cell: &CellResult, offered_rate: u64, search: &SearchSection) -> Ve
         reasons.push("the backlog kept growing".into());
     }
     reasons
-}
-
-/// A latency for a verdict: close to a target, two decimals tell the two apart.
-fn micros(value: u64) -> String {
-    match value {
-        v if v >= 100_000 => format!("{:.1} ms", v as f64 / 1000.0),
-        v if v >= 1000 => format!("{:.2} ms", v as f64 / 1000.0),
-        v => format!("{v} µs"),
-    }
 }
 
 /// The scenario one step runs: the cell's scenario offering `rate` for the search's step,
@@ -171,7 +163,7 @@ pub fn search_cell(
                 } else {
                     format!("fail: {}", reasons.join("; "))
                 },
-                micros(cell.latency_us.e2e.p99),
+                latency::readable(cell.latency_us.e2e.p99),
                 cell.throughput.e2e_msgs_per_sec
             );
             let summary = cell.timeline_summary;
@@ -216,7 +208,7 @@ pub fn search_cell(
     if highest_passing.is_none() && !unreachable && !interrupted() {
         cell.failures.push(format!(
             "no offered rate met the end-to-end p99 target of {}: {ended}",
-            micros(search.p99.as_micros() as u64)
+            latency::readable(search.p99.as_micros() as u64)
         ));
         cell.status = CellStatus::Failed;
     }
