@@ -132,6 +132,7 @@ fn with_max_rate(max_rate: u64) -> RunResult {
         max_rate: Some(max_rate),
         ended: "the precision of 10% was reached".into(),
         steps: Vec::new(),
+        warm_up: None,
     });
     result
 }

@@ -97,6 +97,9 @@ fn the_search_finds_a_known_capacity_and_says_when_no_rate_meets_the_target() {
     );
     assert_eq!(found.steps[0].offered_rate, 200);
     assert_eq!(found.steps[1].offered_rate, 400);
+    let warm_up = found.warm_up.as_ref().expect("an unjudged warm-up run");
+    assert_eq!(warm_up.offered_rate, 200);
+    assert!(!warm_up.passed, "a warm-up is never judged a pass");
     // The cell's figures are those of the max-rate step, second by second.
     assert_eq!(cell.status, CellStatus::Ok);
     assert_eq!(cell.lost, 0);

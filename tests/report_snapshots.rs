@@ -142,6 +142,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
                     vec!["end-to-end p99 50.0 ms is above the target of 10.0 ms".into()],
                 ),
             ],
+            warm_up: None,
         });
     }
     cell

@@ -436,6 +436,11 @@ pub struct RateSearch {
     pub ended: String,
     /// Every step, in the order run.
     pub steps: Vec<SearchStep>,
+    /// The unjudged run at the first rate before the steps, which warms the brokers and the
+    /// client (a broker just started fails rates it sustains a minute later); `passed` is
+    /// always false, `reasons` say what it would have missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<SearchStep>,
 }
 
 /// One step of a rate search: a run of the cell at one offered rate on fresh topics.

@@ -115,87 +115,112 @@ pub fn search_cell(
     let mut unreachable = false;
     let (mut highest_passing, mut lowest_failing) = (None::<u64>, None::<u64>);
     let runs_per_rate = search.runs_per_rate.get();
-    let ended = 'search: loop {
-        if interrupted() && !steps.is_empty() {
-            break "interrupted".to_owned();
-        }
-        let rate = match next_rate(highest_passing, lowest_failing, search) {
-            Ok(rate) => rate,
-            Err(ended) => break ended,
-        };
-        // The rate passes only when every one of its runs passes; a failing run ends it.
-        let mut rate_passed = true;
-        let mut last = None;
-        for attempt in 1..=runs_per_rate {
-            let step_run_id = format!("{run_id}s{}", steps.len());
-            let (cell, step_version, step_unreachable) = run_cell(
-                &step_scenario(&scenario, rate, search),
-                backend,
-                mode,
-                options,
-                &step_run_id,
-                None,
-                known_unreachable,
-                super::StartGate::default(),
-            );
-            version = version.or(step_version);
-            if step_unreachable || cell.status == CellStatus::Interrupted {
-                unreachable = step_unreachable;
-                first.get_or_insert(cell);
-                break 'search if step_unreachable {
-                    format!("{backend} could not be used")
-                } else {
-                    "interrupted".to_owned()
-                };
-            }
-            let reasons = judge(&cell, rate, search);
-            let passed = reasons.is_empty();
-            eprintln!(
-                "busbench: {backend}/{mode}: step {} at {rate} msg/s{}: {} (p99 {}, handled {:.0} msg/s)",
-                steps.len() + 1,
-                if runs_per_rate > 1 {
-                    format!(" (run {attempt} of {runs_per_rate})")
-                } else {
-                    String::new()
-                },
-                if passed {
-                    "pass".to_owned()
-                } else {
-                    format!("fail: {}", reasons.join("; "))
-                },
-                latency::readable(cell.latency_us.e2e.p99),
-                cell.throughput.e2e_msgs_per_sec
-            );
-            let summary = cell.timeline_summary;
-            steps.push(SearchStep {
-                offered_rate: rate,
-                passed,
-                reasons,
-                planned: cell.planned,
-                sent: cell.sent,
-                received: cell.received,
-                lost: cell.lost,
-                handled_per_sec: cell.throughput.e2e_msgs_per_sec,
-                e2e_p50_us: cell.latency_us.e2e.p50,
-                e2e_p99_us: cell.latency_us.e2e.p99,
-                publish_p99_us: cell.latency_us.publish.p99,
-                peak_backlog: summary.map_or(0, |s| s.peak_backlog),
-                backlog_growing: summary.is_some_and(|s| s.backlog_growing),
-            });
-            last = Some(cell);
-            if !passed {
-                rate_passed = false;
-                break;
-            }
-        }
-        let cell = last.expect("a rate runs at least once");
-        if rate_passed {
-            highest_passing = Some(rate);
-            best = Some(cell);
+    // One unjudged run at the first rate: brokers just started (a cold JVM, cold caches) fail
+    // rates they sustain a minute later, and no judged step should measure that.
+    let (warm, warm_version, warm_unreachable) = run_cell(
+        &step_scenario(&scenario, search.min_rate, search),
+        backend,
+        mode,
+        options,
+        &format!("{run_id}w"),
+        None,
+        known_unreachable,
+        super::StartGate::default(),
+    );
+    version = version.or(warm_version);
+    let warm_up = Some(search_step(
+        search.min_rate,
+        false,
+        judge(&warm, search.min_rate, search),
+        &warm,
+    ));
+    let warm_up_ended = if warm_unreachable || warm.status == CellStatus::Interrupted {
+        unreachable = warm_unreachable;
+        first = Some(warm);
+        Some(if warm_unreachable {
+            format!("{backend} could not be used")
         } else {
-            lowest_failing = Some(lowest_failing.map_or(rate, |f: u64| f.min(rate)));
-            if first.is_none() && best.is_none() {
-                first = Some(cell);
+            "interrupted".to_owned()
+        })
+    } else {
+        eprintln!(
+            "busbench: {backend}/{mode}: warm-up at {} msg/s (not judged): p99 {}, handled {:.0} msg/s",
+            search.min_rate,
+            latency::readable(warm.latency_us.e2e.p99),
+            warm.throughput.e2e_msgs_per_sec
+        );
+        None
+    };
+    let ended = if let Some(ended) = warm_up_ended {
+        ended
+    } else {
+        'search: loop {
+            if interrupted() && !steps.is_empty() {
+                break "interrupted".to_owned();
+            }
+            let rate = match next_rate(highest_passing, lowest_failing, search) {
+                Ok(rate) => rate,
+                Err(ended) => break ended,
+            };
+            // The rate passes only when every one of its runs passes; a failing run ends it.
+            let mut rate_passed = true;
+            let mut last = None;
+            for attempt in 1..=runs_per_rate {
+                let step_run_id = format!("{run_id}s{}", steps.len());
+                let (cell, step_version, step_unreachable) = run_cell(
+                    &step_scenario(&scenario, rate, search),
+                    backend,
+                    mode,
+                    options,
+                    &step_run_id,
+                    None,
+                    known_unreachable,
+                    super::StartGate::default(),
+                );
+                version = version.or(step_version);
+                if step_unreachable || cell.status == CellStatus::Interrupted {
+                    unreachable = step_unreachable;
+                    first.get_or_insert(cell);
+                    break 'search if step_unreachable {
+                        format!("{backend} could not be used")
+                    } else {
+                        "interrupted".to_owned()
+                    };
+                }
+                let reasons = judge(&cell, rate, search);
+                let passed = reasons.is_empty();
+                eprintln!(
+                    "busbench: {backend}/{mode}: step {} at {rate} msg/s{}: {} (p99 {}, handled {:.0} msg/s)",
+                    steps.len() + 1,
+                    if runs_per_rate > 1 {
+                        format!(" (run {attempt} of {runs_per_rate})")
+                    } else {
+                        String::new()
+                    },
+                    if passed {
+                        "pass".to_owned()
+                    } else {
+                        format!("fail: {}", reasons.join("; "))
+                    },
+                    latency::readable(cell.latency_us.e2e.p99),
+                    cell.throughput.e2e_msgs_per_sec
+                );
+                steps.push(search_step(rate, passed, reasons, &cell));
+                last = Some(cell);
+                if !passed {
+                    rate_passed = false;
+                    break;
+                }
+            }
+            let cell = last.expect("a rate runs at least once");
+            if rate_passed {
+                highest_passing = Some(rate);
+                best = Some(cell);
+            } else {
+                lowest_failing = Some(lowest_failing.map_or(rate, |f: u64| f.min(rate)));
+                if first.is_none() && best.is_none() {
+                    first = Some(cell);
+                }
             }
         }
     };
@@ -219,8 +244,29 @@ pub fn search_cell(
         max_rate: highest_passing,
         ended,
         steps,
+        warm_up,
     });
     (cell, version, unreachable)
+}
+
+/// A step's figures, as the search keeps them.
+fn search_step(rate: u64, passed: bool, reasons: Vec<String>, cell: &CellResult) -> SearchStep {
+    let summary = cell.timeline_summary;
+    SearchStep {
+        offered_rate: rate,
+        passed,
+        reasons,
+        planned: cell.planned,
+        sent: cell.sent,
+        received: cell.received,
+        lost: cell.lost,
+        handled_per_sec: cell.throughput.e2e_msgs_per_sec,
+        e2e_p50_us: cell.latency_us.e2e.p50,
+        e2e_p99_us: cell.latency_us.e2e.p99,
+        publish_p99_us: cell.latency_us.publish.p99,
+        peak_backlog: summary.map_or(0, |s| s.peak_backlog),
+        backlog_growing: summary.is_some_and(|s| s.backlog_growing),
+    }
 }
 
 #[cfg(test)]
