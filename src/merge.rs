@@ -359,7 +359,7 @@ fn merge_cell(
             "the shards' measured phases began up to {:.2} s apart ({:.0}% of the merged \
              window): they did not all load the brokers at once, and the throughput, counted \
              over the union of their windows, is lower than what ran together (line them up \
-             with --start-at)",
+             with --barrier)",
             largest_offset_ms / 1000.0,
             largest_offset_ms / (e2e_seconds * 1000.0).max(1.0) * 100.0
         ));
