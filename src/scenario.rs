@@ -434,9 +434,10 @@ pub struct SearchSection {
     /// share (0.05: the subscribers handle at least 95% of the offered rate).
     #[serde(default = "default_search_tolerance")]
     pub tolerance: f64,
-    /// Runs of each rate: it passes only when every run passes (a failing run ends it at
-    /// once). 2 keeps one lucky run near the knee, where p99 is at its noisiest, from deciding
-    /// the result.
+    /// Runs of each rate: it passes when more than half of its runs pass, and its runs stop
+    /// as soon as that is decided (with 2, both must pass; with 3, two of three). Near the
+    /// knee, where p99 is at its noisiest, one run, lucky or unlucky, then does not decide the
+    /// result.
     #[serde(default = "default_runs_per_rate")]
     pub runs_per_rate: NonZeroU32,
 }

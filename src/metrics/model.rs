@@ -426,7 +426,8 @@ pub struct RateSearch {
     pub target_p99_us: u64,
     /// The seconds each step offered load for.
     pub step_seconds: f64,
-    /// Runs of each rate; a rate passed only when every run passed.
+    /// Runs of each rate; a rate passed when more than half of them passed (its runs stop
+    /// once that is decided, so a rate may show fewer steps).
     #[serde(default = "one")]
     pub runs_per_rate: u32,
     /// The highest offered rate whose step passed, msgs/s; absent when no step passed.

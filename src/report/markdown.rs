@@ -432,10 +432,19 @@ impl MarkdownExporter {
              the backlog does not keep growing, and nothing is lost.{}",
             first.step_seconds,
             if first.runs_per_rate > 1 {
-                format!(
-                    " A rate passes only when all {} of its runs pass.",
-                    first.runs_per_rate
-                )
+                let majority = first.runs_per_rate / 2 + 1;
+                if majority == first.runs_per_rate {
+                    format!(
+                        " A rate passes only when all {} of its runs pass.",
+                        first.runs_per_rate
+                    )
+                } else {
+                    format!(
+                        " A rate passes when {majority} of its {} runs pass (its runs stop once \
+                         that is decided).",
+                        first.runs_per_rate
+                    )
+                }
             } else {
                 String::new()
             }

@@ -64,6 +64,20 @@ pub fn step_scenario(scenario: &Scenario, rate: u64, search: &SearchSection) -> 
     step
 }
 
+/// Whether a rate's runs so far decide it: `Some(true)` once more than half of its `runs`
+/// passed, `Some(false)` once that can no longer happen, `None` while it is open. With two
+/// runs both must pass (a failing run ends the rate); with three, two of three.
+fn rate_verdict(passed: u32, failed: u32, runs: u32) -> Option<bool> {
+    let majority = runs / 2 + 1;
+    if passed >= majority {
+        Some(true)
+    } else if failed > runs - majority {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The search's next rate, or `None` when it has ended (with why).
 fn next_rate(
     highest_passing: Option<u64>,
@@ -162,9 +176,9 @@ pub fn search_cell(
                 Ok(rate) => rate,
                 Err(ended) => break ended,
             };
-            // The rate passes only when every one of its runs passes; a failing run ends it.
-            let mut rate_passed = true;
+            let (mut runs_passed, mut runs_failed) = (0, 0);
             let mut last = None;
+            let mut rate_passed = false;
             for attempt in 1..=runs_per_rate {
                 let step_run_id = format!("{run_id}s{}", steps.len());
                 let (cell, step_version, step_unreachable) = run_cell(
@@ -207,11 +221,17 @@ pub fn search_cell(
                 );
                 steps.push(search_step(rate, passed, reasons, &cell));
                 last = Some(cell);
-                if !passed {
-                    rate_passed = false;
+                if passed {
+                    runs_passed += 1;
+                } else {
+                    runs_failed += 1;
+                }
+                if let Some(verdict) = rate_verdict(runs_passed, runs_failed, runs_per_rate) {
+                    rate_passed = verdict;
                     break;
                 }
             }
+            // The last run decided the rate, so it is a passing run when the rate passed.
             let cell = last.expect("a rate runs at least once");
             if rate_passed {
                 highest_passing = Some(rate);
@@ -273,6 +293,28 @@ fn search_step(rate: u64, passed: bool, reasons: Vec<String>, cell: &CellResult)
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_rate_passes_on_a_majority_of_its_runs_and_stops_once_decided() {
+        assert_eq!(rate_verdict(1, 0, 1), Some(true));
+        assert_eq!(rate_verdict(0, 1, 1), Some(false));
+        // Two runs: both must pass; the first failure ends the rate.
+        assert_eq!(rate_verdict(1, 0, 2), None);
+        assert_eq!(rate_verdict(2, 0, 2), Some(true));
+        assert_eq!(rate_verdict(0, 1, 2), Some(false));
+        // Three runs: two of three, decided after two runs when they agree.
+        assert_eq!(rate_verdict(1, 0, 3), None);
+        assert_eq!(rate_verdict(0, 1, 3), None);
+        assert_eq!(rate_verdict(2, 0, 3), Some(true));
+        assert_eq!(rate_verdict(0, 2, 3), Some(false));
+        assert_eq!(rate_verdict(1, 1, 3), None);
+        assert_eq!(rate_verdict(2, 1, 3), Some(true));
+        assert_eq!(rate_verdict(1, 2, 3), Some(false));
+        // Four runs: three of four.
+        assert_eq!(rate_verdict(2, 1, 4), None);
+        assert_eq!(rate_verdict(2, 2, 4), Some(false));
+        assert_eq!(rate_verdict(3, 1, 4), Some(true));
+    }
 
     #[test]
     fn the_search_doubles_then_bisects_to_its_precision() {
