@@ -32,6 +32,7 @@ use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::resources;
 use crate::metrics::timeline::{self, SecondCounts};
 use crate::scenario::{BackendKind, Mode, Scenario, StorageKind};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub use environment::collect_environment;
@@ -853,7 +854,9 @@ async fn measure(
 ) -> Result<Measured, CellFailure> {
     let timeout = scenario.timeout();
     // Set-up: topics and subscriptions, ready before anything is sent.
-    let group = format!("busbench-{}", topics[0].replace('.', "-"));
+    // One consumer group per topic: subscriptions of one group to different topics would
+    // rebalance each other as each joins (on Kafka, seconds of set-up per cell).
+    let group_of = |topic: &str| format!("busbench-{}", topic.replace('.', "-"));
     let service_time = scenario.handler.service_time;
     let downstream = (!service_time.is_zero())
         .then(|| Arc::new(downstream::Downstream::new(Instant::now(), service_time)));
@@ -867,7 +870,7 @@ async fn measure(
                 (Mode::Raw, Some(downstream)) => {
                     bus.subscribe(
                         topic,
-                        SubscribeOptions::group(&group),
+                        SubscribeOptions::group(group_of(topic)),
                         handler(move |message| {
                             let recorder = recorder.clone();
                             let downstream = downstream.clone();
@@ -883,7 +886,7 @@ async fn measure(
                 (Mode::Envelope, Some(downstream)) => {
                     bus.subscribe_envelope(
                         topic,
-                        SubscribeOptions::group(&group),
+                        SubscribeOptions::group(group_of(topic)),
                         envelope_handler(move |envelope| {
                             let recorder = recorder.clone();
                             let downstream = downstream.clone();
@@ -899,7 +902,7 @@ async fn measure(
                 (Mode::Raw, None) => {
                     bus.subscribe(
                         topic,
-                        SubscribeOptions::group(&group),
+                        SubscribeOptions::group(group_of(topic)),
                         handler(move |message| {
                             recorder.on_message(&message.payload);
                             async { Ok(()) }
@@ -910,7 +913,7 @@ async fn measure(
                 (Mode::Envelope, None) => {
                     bus.subscribe_envelope(
                         topic,
-                        SubscribeOptions::group(&group),
+                        SubscribeOptions::group(group_of(topic)),
                         envelope_handler(move |envelope| {
                             recorder.on_message(&envelope.payload);
                             async { Ok(()) }
@@ -936,23 +939,31 @@ async fn measure(
         .map_err(|cut| CellFailure::cut(cut, "set-up", timeout))?
         .map_err(CellFailure::failed)?;
     // Warm-up: messages outside the measurement, all handled before measuring starts.
+    // Sent within the cell's in-flight window, not one acknowledgement at a time: a broker that
+    // batches (Kafka's linger) would otherwise take seconds for a few hundred messages.
     let warm_up = async {
-        for seq in 0..scenario.warmup {
-            if seq % 256 == 255 {
+        let mut sends = futures::stream::iter(0..scenario.warmup)
+            .map(|seq| async move {
+                let topic = &topics[(seq % topics.len() as u64) as usize];
+                let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
+                match mode {
+                    Mode::Raw => bus.publish(topic, payload).await,
+                    Mode::Envelope => {
+                        let envelope =
+                            crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
+                        bus.publish_envelope(topic, &envelope).await
+                    }
+                }
+            })
+            .buffer_unordered(scenario.max_in_flight.get());
+        let mut done = 0u64;
+        while let Some(sent) = sends.next().await {
+            sent.map_err(|e| format!("warm-up publish: {e}"))?;
+            done += 1;
+            if done.is_multiple_of(256) {
                 // A backend that never waits (memory) must still let the deadline be seen.
                 tokio::task::yield_now().await;
             }
-            let topic = &topics[(seq % topics.len() as u64) as usize];
-            let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
-            let sent = match mode {
-                Mode::Raw => bus.publish(topic, payload).await,
-                Mode::Envelope => {
-                    let envelope =
-                        crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
-                    bus.publish_envelope(topic, &envelope).await
-                }
-            };
-            sent.map_err(|e| format!("warm-up publish: {e}"))?;
         }
         while recorder.warmup_received() < scenario.warmup {
             tokio::time::sleep(Duration::from_millis(1)).await;
