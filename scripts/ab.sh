@@ -22,18 +22,8 @@ fi
 
 cargo build --release --locked
 
-started_here=0
-stop_started() {
-    if [[ $started_here == 1 ]]; then
-        scripts/brokers.sh down || true
-    fi
-}
-trap stop_started EXIT
-if ! scripts/brokers.sh status >/dev/null 2>&1; then
-    started_here=1
-    scripts/brokers.sh up
-fi
-export BUSBENCH_KAFKA_VERSION="${BUSBENCH_KAFKA_VERSION:-$(scripts/brokers.sh kafka-version || true)}"
+source scripts/with-brokers.sh
+use_brokers
 
 status=0
 ./target/release/busbench ab "$scenario" --base "$base" "$@" || status=$?

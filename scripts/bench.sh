@@ -11,24 +11,9 @@ shift || true
 
 cargo build --release --locked
 
-started_here=0
-stop_started() {
-    if [[ $started_here == 1 && "${BUSBENCH_KEEP_BROKERS:-0}" != 1 ]]; then
-        scripts/brokers.sh down || true
-    fi
-}
-trap stop_started EXIT
-if ! scripts/brokers.sh status >/dev/null 2>&1; then
-    started_here=1
-    scripts/brokers.sh up
-fi
+source scripts/with-brokers.sh
+use_brokers keep
 scripts/brokers.sh status
-
-# Kafka's protocol does not report the broker's version: take it from the local broker.
-if [[ -z "${BUSBENCH_KAFKA_VERSION:-}" ]]; then
-    BUSBENCH_KAFKA_VERSION="$(scripts/brokers.sh kafka-version || true)"
-    export BUSBENCH_KAFKA_VERSION
-fi
 
 status=0
 ./target/release/busbench run "$scenario" "$@" || status=$?

@@ -12,13 +12,8 @@ if [[ -n "$(git status --porcelain --untracked-files=no)" ]]; then
     exit 2
 fi
 cargo build --release --locked
-started_here=0
-trap '[[ $started_here == 1 ]] && scripts/brokers.sh down' EXIT
-if ! scripts/brokers.sh status >/dev/null 2>&1; then
-    started_here=1
-    scripts/brokers.sh up
-fi
-export BUSBENCH_KAFKA_VERSION="${BUSBENCH_KAFKA_VERSION:-$(scripts/brokers.sh kafka-version || true)}"
+source scripts/with-brokers.sh
+use_brokers
 ./target/release/busbench run scenarios/ci.toml --repeat 3 --no-progress \
     --out target/ci-results --save-baseline results/baselines/ci.json
 git rev-parse HEAD > results/baselines/ci.rev

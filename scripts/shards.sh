@@ -34,21 +34,8 @@ lead="${BUSBENCH_SHARDS_LEAD:-30}"
 cargo build --release --locked
 bin=./target/release/busbench
 
-started_here=0
-stop_started() {
-    if [[ $started_here == 1 && "${BUSBENCH_KEEP_BROKERS:-0}" != 1 ]]; then
-        scripts/brokers.sh down || true
-    fi
-}
-trap stop_started EXIT
-if ! scripts/brokers.sh status >/dev/null 2>&1; then
-    started_here=1
-    scripts/brokers.sh up
-fi
-if [[ -z "${BUSBENCH_KAFKA_VERSION:-}" ]]; then
-    BUSBENCH_KAFKA_VERSION="$(scripts/brokers.sh kafka-version || true)"
-    export BUSBENCH_KAFKA_VERSION
-fi
+source scripts/with-brokers.sh
+use_brokers keep
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 out="${BUSBENCH_SHARDS_OUT:-results/shards-$stamp}"

@@ -6,20 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-started_here=0
-stop_started() {
-    if [[ $started_here == 1 ]]; then
-        scripts/brokers.sh down || true
-    fi
-}
-trap stop_started EXIT
-
-if scripts/brokers.sh status >/dev/null 2>&1; then
-    echo "test: using the brokers already running"
-else
-    started_here=1
-    scripts/brokers.sh up
-fi
+source scripts/with-brokers.sh
+use_brokers
 scripts/brokers.sh status
 
 export BUSBENCH_KAFKA_BOOTSTRAP="${BUSBENCH_KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
@@ -27,7 +15,6 @@ export BUSBENCH_NATS_URL="${BUSBENCH_NATS_URL:-nats://127.0.0.1:4222}"
 
 # The restart test runs a private nats-server of its own, from this binary.
 export BUSBENCH_NATS_SERVER="${BUSBENCH_NATS_SERVER:-$(scripts/brokers.sh nats-bin)}"
-export BUSBENCH_KAFKA_VERSION="${BUSBENCH_KAFKA_VERSION:-$(scripts/brokers.sh kafka-version || true)}"
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -656,6 +656,22 @@ fn ceiling(args: CeilingArgs) -> i32 {
     status
 }
 
+/// What the command line changed in the scenario, as `key=value` for the report: every `--set`,
+/// then the p99 target `--find-max-rate --p99` gave.
+fn run_overrides(args: &RunArgs) -> Vec<(String, String)> {
+    let mut overrides = args.overrides.clone();
+    if let (true, Some(p99)) = (args.find_max_rate, args.p99) {
+        overrides.push((
+            "search.p99".to_owned(),
+            format!(
+                "{} (--find-max-rate --p99)",
+                humantime::format_duration(p99)
+            ),
+        ));
+    }
+    overrides
+}
+
 /// Loads the scenario with the brokers' and its own secrets registered for masking; on bad
 /// input, says why on one line and returns `None` (exit 2).
 fn load_scenario(
@@ -1048,6 +1064,7 @@ fn run(args: RunArgs) -> i32 {
             );
         }
     }
+    let overrides = run_overrides(&args);
     let options = RunOptions {
         kafka_bootstrap: args.brokers.kafka_bootstrap,
         nats_url: args.brokers.nats_url,
@@ -1057,7 +1074,7 @@ fn run(args: RunArgs) -> i32 {
         scenario_file: args.scenario.clone(),
         repeat: args.repeat,
         keep_topics: args.keep_topics,
-        overrides: args.overrides.clone(),
+        overrides,
         run_id,
         shard,
         start_at,

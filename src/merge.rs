@@ -7,7 +7,7 @@
 //! inflating it; peak RSS and CPU are listed per host.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::metrics::latency::{self, Percentiles};
 use crate::metrics::model::{
@@ -95,6 +95,9 @@ pub enum MergeError {
         /// The second.
         other: PathBuf,
     },
+    /// No result was given.
+    #[error("no result to merge")]
+    NoResults,
     /// Shards are missing.
     #[error("run {run_id} has {count} shards; missing: {}", list(.missing))]
     MissingShards {
@@ -130,11 +133,7 @@ pub fn merge_files(paths: &[PathBuf]) -> Result<RunResult, MergeError> {
 pub fn merge(shards: &[(PathBuf, RunResult)]) -> Result<RunResult, MergeError> {
     let mut by_index: BTreeMap<u32, &(PathBuf, RunResult)> = BTreeMap::new();
     let Some((first_path, first)) = shards.first() else {
-        return Err(MergeError::MissingShards {
-            run_id: String::new(),
-            count: 0,
-            missing: Vec::new(),
-        });
+        return Err(MergeError::NoResults);
     };
     let first_shard = first
         .shard
@@ -227,7 +226,7 @@ pub fn merge(shards: &[(PathBuf, RunResult)]) -> Result<RunResult, MergeError> {
             MergedShard {
                 index: shard.index,
                 host: shard.host.clone(),
-                file: display_name(path),
+                file: path.display().to_string(),
                 started_at: result.started_at.clone(),
                 finished_at: result.finished_at.clone(),
                 passed: result.passed,
@@ -258,10 +257,6 @@ pub fn merge(shards: &[(PathBuf, RunResult)]) -> Result<RunResult, MergeError> {
         shard: None,
         merged_from,
     })
-}
-
-fn display_name(path: &Path) -> String {
-    path.display().to_string()
 }
 
 /// One shard's cell (absent when the shard did not run it).
@@ -325,32 +320,30 @@ fn merge_cell(
         }
     }
     // The union of the measured windows on the wall clock.
-    let starts: Vec<(u32, chrono::DateTime<chrono::Utc>)> = present
+    let earliest = present
         .iter()
-        .filter_map(|(part, cell)| cell.measured_from.map(|from| (part.index, from)))
-        .collect();
-    let earliest = starts.iter().map(|(_, from)| *from).min();
+        .filter_map(|(_, cell)| cell.measured_from)
+        .min();
+    // How long after the earliest shard a shard's measured phase began, s.
+    let offset_of = |cell: &CellResult| -> f64 {
+        match (earliest, cell.measured_from) {
+            (Some(earliest), Some(from)) => seconds_between(earliest, from),
+            _ => 0.0,
+        }
+    };
     let window_end = |seconds: fn(&CellResult) -> f64| -> f64 {
         present
             .iter()
-            .map(|(_, cell)| {
-                let offset = match (earliest, cell.measured_from) {
-                    (Some(earliest), Some(from)) => seconds_between(earliest, from),
-                    _ => 0.0,
-                };
-                offset + seconds(cell)
-            })
+            .map(|(_, cell)| offset_of(cell) + seconds(cell))
             .fold(0.0, f64::max)
     };
     let publish_seconds = window_end(|c| c.publish_seconds);
     let e2e_seconds = window_end(|c| c.e2e_seconds);
-    let offsets: BTreeMap<u32, f64> = match earliest {
-        Some(earliest) => starts
-            .iter()
-            .map(|(index, from)| (*index, seconds_between(earliest, *from) * 1000.0))
-            .collect(),
-        None => BTreeMap::new(),
-    };
+    let offsets: BTreeMap<u32, f64> = present
+        .iter()
+        .filter(|(_, cell)| cell.measured_from.is_some())
+        .map(|(part, cell)| (part.index, offset_of(cell) * 1000.0))
+        .collect();
     let largest_offset_ms = offsets.values().copied().fold(0.0, f64::max);
     if largest_offset_ms > SKEW_FLOOR_MS
         && largest_offset_ms > SKEW_WARNING_SHARE * e2e_seconds * 1000.0
@@ -500,13 +493,7 @@ fn merge_cell(
     cell.timeline = merge_timelines(
         present
             .iter()
-            .map(|(_, c)| {
-                let offset = match (earliest, c.measured_from) {
-                    (Some(earliest), Some(from)) => seconds_between(earliest, from),
-                    _ => 0.0,
-                };
-                (offset.round() as u32, c.timeline.as_slice())
-            })
+            .map(|(_, c)| (offset_of(c).round() as u32, c.timeline.as_slice()))
             .collect(),
     );
     cell.timeline_summary = timeline::summarise(&cell.timeline);

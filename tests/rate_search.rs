@@ -70,6 +70,11 @@ fn the_search_finds_a_known_capacity_and_says_when_no_rate_meets_the_target() {
         found.target_p99_us, 20_000,
         "--p99 replaces the scenario's target"
     );
+    assert_eq!(
+        result.scenario.overrides,
+        ["search.p99=20ms (--find-max-rate --p99)"],
+        "the report lists what the command line changed"
+    );
     let max = found.max_rate.expect("a passing rate") as f64;
     assert!(
         (900.0..=1100.0).contains(&max),
