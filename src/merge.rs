@@ -469,6 +469,14 @@ fn merge_cell(
             .iter()
             .filter_map(|(_, c)| c.start_late_ms)
             .reduce(f64::max),
+        quiet_wait_ms: present
+            .iter()
+            .filter_map(|(_, c)| c.quiet_wait_ms)
+            .reduce(f64::max),
+        busy_at_start: present
+            .iter()
+            .filter_map(|(_, c)| c.busy_at_start)
+            .reduce(f64::max),
         shards: parts
             .iter()
             .filter_map(|part| {

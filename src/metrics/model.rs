@@ -332,6 +332,16 @@ pub struct CellResult {
     /// when the process started. Absent without `--start-at`, and for cells after the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_late_ms: Option<f64>,
+    /// How long the cell waited, after its warm-up, for a quiet machine before measuring, ms:
+    /// the file system's dirty pages written out (`sync`), then CPU samples until the
+    /// machine's CPUs were at most 15% busy (up to 3 s). Absent for a cell that never got
+    /// that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_wait_ms: Option<f64>,
+    /// The machine's busy share of all its CPUs, 0 to 1, over the last sample before the
+    /// measured phase: above 0.15, another load was running (the cell warns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_at_start: Option<f64>,
     /// A merged cell's figures per shard (`busbench merge`), in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<CellShard>,

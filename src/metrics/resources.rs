@@ -49,6 +49,70 @@ pub fn context_switches() -> u64 {
     (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
+/// Busy and total CPU time of the whole machine so far, in clock ticks (`/proc/stat`'s first
+/// line: busy is everything but idle and I/O wait); `None` where it cannot be read.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// What the machine was doing when a measured phase began (see [`quiet_start`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QuietStart {
+    /// How long the flush and the wait took, ms.
+    pub waited_ms: f64,
+    /// The machine's busy share of all its CPUs over the last sample before the measured
+    /// phase, 0 to 1 (`None` where `/proc/stat` cannot be read).
+    pub busy_share: Option<f64>,
+}
+
+/// The busy share of all CPUs under which the machine counts as quiet.
+pub const QUIET_BUSY_SHARE: f64 = 0.15;
+/// One sample of the machine's CPU while waiting for quiet.
+const QUIET_SAMPLE: Duration = Duration::from_millis(200);
+
+/// Before a measured phase: writes the file system's dirty pages out (`sync`), so the page
+/// cache a previous cell filled (a broker's log) is not written back during this one, then
+/// waits until the machine's CPUs are at most [`QUIET_BUSY_SHARE`] busy over one sample (a
+/// broker still deleting the previous cell's topics, collecting garbage), for at most
+/// `max_wait`. Only the flush and the sampling run; on a machine that never quiets down it
+/// returns after `max_wait` with the busy share it saw.
+pub async fn quiet_start(max_wait: Duration) -> QuietStart {
+    let began = std::time::Instant::now();
+    // SAFETY: sync takes no arguments and only asks the kernel to write dirty pages out.
+    let flush = tokio::task::spawn_blocking(|| unsafe { libc::sync() });
+    let _ = tokio::time::timeout(max_wait, flush).await;
+    let mut busy_share = None;
+    let mut previous = machine_cpu_ticks();
+    while previous.is_some() {
+        tokio::time::sleep(QUIET_SAMPLE).await;
+        let current = machine_cpu_ticks();
+        if let (Some((busy_before, total_before)), Some((busy, total))) = (previous, current) {
+            let elapsed = total.saturating_sub(total_before);
+            if elapsed > 0 {
+                busy_share = Some(busy.saturating_sub(busy_before) as f64 / elapsed as f64);
+            }
+        }
+        previous = current;
+        if busy_share.is_some_and(|share| share <= QUIET_BUSY_SHARE) || began.elapsed() >= max_wait
+        {
+            break;
+        }
+    }
+    QuietStart {
+        waited_ms: began.elapsed().as_secs_f64() * 1000.0,
+        busy_share,
+    }
+}
+
 /// Counters of work that does not depend on the CPU's speed, read at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WorkCounters {

@@ -624,6 +624,8 @@ struct Measured {
     measured_from: chrono::DateTime<chrono::Utc>,
     /// How long after the start time (`--start-at`) the measured phase began, ms.
     start_late_ms: Option<f64>,
+    /// The wait for a quiet machine before the measured phase.
+    quiet: resources::QuietStart,
     /// The shards' barrier was gone when this cell reached it.
     barrier_lost: bool,
 }
@@ -714,6 +716,9 @@ pub struct StartGate<'a> {
 
 /// How late after `--start-at` a measured phase may begin before its cell says so, ms.
 const LATE_START_MS: f64 = 100.0;
+
+/// The longest a cell waits for a quiet machine before its measured phase.
+const QUIET_MAX_WAIT: Duration = Duration::from_secs(3);
 
 /// Drives one cell inside one deadline: connect, set-up, warm-up, measure and drain must end
 /// by `timeout - teardown_reserve`, teardown by `timeout`; an interruption ends the current
@@ -974,6 +979,11 @@ async fn measure(
         .await
         .map_err(|cut| CellFailure::cut(cut, "warm-up", timeout))?
         .map_err(CellFailure::failed)?;
+    // A quiet start: what the previous cell left the machine to do (a broker's log written
+    // back, its topics deleted) is not done during this cell's measured phase.
+    let quiet = bounded(deadline, resources::quiet_start(QUIET_MAX_WAIT))
+        .await
+        .map_err(|cut| CellFailure::cut(cut, "waiting for a quiet machine", timeout))?;
     // Measure: publishers run until done, or until the deadline or an interruption stops
     // them; either way they report what they sent and what was acknowledged.
     let plan = Arc::new(load::LoadPlan {
@@ -1149,6 +1159,7 @@ async fn measure(
         acknowledged_per_second,
         measured_from,
         start_late_ms,
+        quiet,
         barrier_lost,
     })
 }
@@ -1363,6 +1374,8 @@ fn run_cell(
         search: None,
         measured_from: measured.as_ref().map(|m| m.measured_from),
         start_late_ms: measured.as_ref().and_then(|m| m.start_late_ms),
+        quiet_wait_ms: measured.as_ref().map(|m| m.quiet.waited_ms),
+        busy_at_start: measured.as_ref().and_then(|m| m.quiet.busy_share),
         shards: Vec::new(),
     };
     if measured.as_ref().is_some_and(|m| m.barrier_lost) {
@@ -1371,6 +1384,18 @@ fn run_cell(
              for the other shards"
                 .into(),
         );
+    }
+    if let Some(busy) = cell
+        .busy_at_start
+        .filter(|busy| *busy > resources::QUIET_BUSY_SHARE)
+    {
+        cell.warnings.push(format!(
+            "the machine was still {:.0}% busy when the measured phase began (after waiting \
+             {:.1} s for it to quiet down): another load shares its CPUs, and the figures move \
+             with it",
+            busy * 100.0,
+            cell.quiet_wait_ms.unwrap_or_default() / 1000.0
+        ));
     }
     if let Some(late) = cell.start_late_ms.filter(|late| *late > LATE_START_MS) {
         cell.warnings.push(format!(
