@@ -457,6 +457,15 @@ fn shards_on_kafka_and_nats_run_at_once_on_their_own_topics_and_merge() {
             cell.mode
         );
         assert_eq!(cell.order_violations, 0);
+        // Broker cells wait for a quiet machine before measuring (bounded by 3 s, plus one
+        // 200 ms sample).
+        let quiet = cell.quiet_wait_ms.expect("a broker cell's quiet start");
+        assert!((0.0..=3500.0).contains(&quiet), "{quiet} ms");
+        assert!(
+            cell.busy_at_start.is_some_and(|b| (0.0..=1.0).contains(&b)),
+            "{:?}",
+            cell.busy_at_start
+        );
     }
     for cell in &result.cells {
         let offsets: Vec<f64> = cell

@@ -334,8 +334,8 @@ pub struct CellResult {
     pub start_late_ms: Option<f64>,
     /// How long the cell waited, after its warm-up, for a quiet machine before measuring, ms:
     /// the file system's dirty pages written out (`sync`), then CPU samples until the
-    /// machine's CPUs were at most 15% busy (up to 3 s). Absent for a cell that never got
-    /// that far.
+    /// machine's CPUs were at most 15% busy (up to 3 s). Absent for the memory backend (no
+    /// broker leaves work behind) and for a cell that never got that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_wait_ms: Option<f64>,
     /// The machine's busy share of all its CPUs, 0 to 1, over the last sample before the

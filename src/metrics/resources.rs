@@ -178,6 +178,23 @@ pub fn settle(target: u64, timeout: Duration, read: impl Fn() -> u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_machine_cpu_counters_read_and_a_quiet_start_is_bounded() {
+        let (busy, total) = machine_cpu_ticks().expect("/proc/stat on Linux");
+        assert!(busy <= total && total > 0, "{busy} of {total}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // No wait allowed: one flush and one sample, then it returns whatever it saw.
+        let quiet = runtime.block_on(quiet_start(Duration::ZERO));
+        assert!(quiet.waited_ms < 2000.0, "{quiet:?}");
+        assert!(
+            quiet.busy_share.is_some_and(|b| (0.0..=1.0).contains(&b)),
+            "{quiet:?}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -624,8 +624,8 @@ struct Measured {
     measured_from: chrono::DateTime<chrono::Utc>,
     /// How long after the start time (`--start-at`) the measured phase began, ms.
     start_late_ms: Option<f64>,
-    /// The wait for a quiet machine before the measured phase.
-    quiet: resources::QuietStart,
+    /// The wait for a quiet machine before the measured phase (broker cells).
+    quiet: Option<resources::QuietStart>,
     /// The shards' barrier was gone when this cell reached it.
     barrier_lost: bool,
 }
@@ -979,11 +979,18 @@ async fn measure(
         .await
         .map_err(|cut| CellFailure::cut(cut, "warm-up", timeout))?
         .map_err(CellFailure::failed)?;
-    // A quiet start: what the previous cell left the machine to do (a broker's log written
-    // back, its topics deleted) is not done during this cell's measured phase.
-    let quiet = bounded(deadline, resources::quiet_start(QUIET_MAX_WAIT))
-        .await
-        .map_err(|cut| CellFailure::cut(cut, "waiting for a quiet machine", timeout))?;
+    // A quiet start: what the previous cell left a broker to do (its log written back, its
+    // topics deleted) is not done during this cell's measured phase. The in-process backend
+    // leaves nothing behind.
+    let quiet = if backend == BackendKind::Memory {
+        None
+    } else {
+        Some(
+            bounded(deadline, resources::quiet_start(QUIET_MAX_WAIT))
+                .await
+                .map_err(|cut| CellFailure::cut(cut, "waiting for a quiet machine", timeout))?,
+        )
+    };
     // Measure: publishers run until done, or until the deadline or an interruption stops
     // them; either way they report what they sent and what was acknowledged.
     let plan = Arc::new(load::LoadPlan {
@@ -1374,8 +1381,10 @@ fn run_cell(
         search: None,
         measured_from: measured.as_ref().map(|m| m.measured_from),
         start_late_ms: measured.as_ref().and_then(|m| m.start_late_ms),
-        quiet_wait_ms: measured.as_ref().map(|m| m.quiet.waited_ms),
-        busy_at_start: measured.as_ref().and_then(|m| m.quiet.busy_share),
+        quiet_wait_ms: measured.as_ref().and_then(|m| m.quiet.map(|q| q.waited_ms)),
+        busy_at_start: measured
+            .as_ref()
+            .and_then(|m| m.quiet.and_then(|q| q.busy_share)),
         shards: Vec::new(),
     };
     if measured.as_ref().is_some_and(|m| m.barrier_lost) {
