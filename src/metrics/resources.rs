@@ -178,6 +178,8 @@ pub fn settle(target: u64, timeout: Duration, read: impl Fn() -> u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_machine_cpu_counters_read_and_a_quiet_start_is_bounded() {
         let (busy, total) = machine_cpu_ticks().expect("/proc/stat on Linux");
@@ -194,8 +196,6 @@ mod tests {
             "{quiet:?}"
         );
     }
-
-    use super::*;
 
     #[test]
     fn reads_this_process() {
