@@ -277,6 +277,13 @@ fn merge_cell(
         .filter_map(|part| part.cell.map(|cell| (part, cell)))
         .collect();
     let sum = |field: fn(&CellResult) -> u64| present.iter().map(|(_, c)| field(c)).sum::<u64>();
+    // The largest of the shards' figures, where any has one.
+    let largest = |field: fn(&CellResult) -> Option<f64>| {
+        present
+            .iter()
+            .filter_map(|(_, c)| field(c))
+            .reduce(f64::max)
+    };
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
     for part in parts.iter().filter(|p| p.cell.is_none()) {
@@ -465,18 +472,9 @@ fn merge_cell(
         timeline_summary: None,
         search: None,
         measured_from: earliest,
-        start_late_ms: present
-            .iter()
-            .filter_map(|(_, c)| c.start_late_ms)
-            .reduce(f64::max),
-        quiet_wait_ms: present
-            .iter()
-            .filter_map(|(_, c)| c.quiet_wait_ms)
-            .reduce(f64::max),
-        busy_at_start: present
-            .iter()
-            .filter_map(|(_, c)| c.busy_at_start)
-            .reduce(f64::max),
+        start_late_ms: largest(|c| c.start_late_ms),
+        quiet_wait_ms: largest(|c| c.quiet_wait_ms),
+        busy_at_start: largest(|c| c.busy_at_start),
         shards: parts
             .iter()
             .filter_map(|part| {

@@ -454,6 +454,14 @@ pub struct RateSearch {
     pub warm_up: Option<SearchStep>,
 }
 
+impl RateSearch {
+    /// How many of a rate's `runs_per_rate` runs must pass for the rate to pass: more than
+    /// half (all of one or two, two of three, three of four).
+    pub fn runs_to_pass(runs_per_rate: u32) -> u32 {
+        runs_per_rate / 2 + 1
+    }
+}
+
 /// One step of a rate search: a run of the cell at one offered rate on fresh topics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchStep {

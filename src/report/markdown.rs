@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::{Exporter, table};
 use crate::metrics::latency::readable;
-use crate::metrics::model::{CellStatus, RunResult};
+use crate::metrics::model::{CellStatus, RateSearch, RunResult};
 
 /// The markdown report; the charts' file names are linked when given.
 #[derive(Debug, Clone, Default)]
@@ -432,7 +432,7 @@ impl MarkdownExporter {
              the backlog does not keep growing, and nothing is lost.{}",
             first.step_seconds,
             if first.runs_per_rate > 1 {
-                let majority = first.runs_per_rate / 2 + 1;
+                let majority = RateSearch::runs_to_pass(first.runs_per_rate);
                 if majority == first.runs_per_rate {
                     format!(
                         " A rate passes only when all {} of its runs pass.",

@@ -68,7 +68,7 @@ pub fn step_scenario(scenario: &Scenario, rate: u64, search: &SearchSection) -> 
 /// passed, `Some(false)` once that can no longer happen, `None` while it is open. With two
 /// runs both must pass (a failing run ends the rate); with three, two of three.
 fn rate_verdict(passed: u32, failed: u32, runs: u32) -> Option<bool> {
-    let majority = runs / 2 + 1;
+    let majority = RateSearch::runs_to_pass(runs);
     if passed >= majority {
         Some(true)
     } else if failed > runs - majority {
