@@ -4,10 +4,10 @@
 //! every backend; on Kafka the record key is the aggregate id as well, so one aggregate's events
 //! share a partition.
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use std::fmt::Write as _;
 
-use std::borrow::Cow;
+use bytes::Bytes;
+use chrono::{DateTime, Datelike as _, NaiveDate, Timelike as _, Utc};
 
 use super::Message;
 use super::headers::Headers;
@@ -28,18 +28,6 @@ pub const HEADER_TRACE_ID: &str = "X-Trace-ID";
 pub const HEADER_CORRELATION_ID: &str = "X-Correlation-ID";
 /// Header carrying [`Envelope::tenant_id`].
 pub const HEADER_TENANT_ID: &str = "X-Tenant-ID";
-
-/// Every envelope header name, so that received headers can share the static names.
-pub(crate) const KNOWN_HEADERS: [&str; 8] = [
-    HEADER_EVENT_ID,
-    HEADER_AGGREGATE_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_EVENT_VERSION,
-    HEADER_TIMESTAMP,
-    HEADER_TRACE_ID,
-    HEADER_CORRELATION_ID,
-    HEADER_TENANT_ID,
-];
 
 /// Longest accepted aggregate id, in characters.
 pub const MAX_AGGREGATE_ID_LEN: usize = 256;
@@ -126,12 +114,13 @@ impl Envelope {
         event_version: i64,
         payload: impl Into<Bytes>,
     ) -> Self {
+        let timestamp = Utc::now();
         Envelope {
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: new_event_id(&timestamp),
             aggregate_id: aggregate_id.into(),
             event_type: event_type.into(),
             event_version,
-            timestamp: Utc::now(),
+            timestamp,
             trace_id: None,
             correlation_id: None,
             tenant_id: None,
@@ -154,74 +143,198 @@ impl Envelope {
         Ok(())
     }
 
-    /// The headers that carry this envelope's fields.
+    /// The headers that carry this envelope's fields (one text buffer for all of them).
     pub fn headers(&self) -> Headers {
-        let required = [
-            (Cow::Borrowed(HEADER_EVENT_ID), self.event_id.clone()),
-            (
-                Cow::Borrowed(HEADER_AGGREGATE_ID),
-                self.aggregate_id.clone(),
-            ),
-            (Cow::Borrowed(HEADER_EVENT_TYPE), self.event_type.clone()),
-            (
-                Cow::Borrowed(HEADER_EVENT_VERSION),
-                self.event_version.to_string(),
-            ),
-            (
-                Cow::Borrowed(HEADER_TIMESTAMP),
-                self.timestamp
-                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            ),
-        ];
         let optional = [
             (HEADER_TRACE_ID, &self.trace_id),
             (HEADER_CORRELATION_ID, &self.correlation_id),
             (HEADER_TENANT_ID, &self.tenant_id),
         ];
-        if optional.iter().all(|(_, value)| value.is_none()) {
-            return Headers::from(required);
-        }
-        let mut headers = Vec::with_capacity(required.len() + optional.len());
-        headers.extend(required);
+        let names: usize = [
+            HEADER_EVENT_ID,
+            HEADER_AGGREGATE_ID,
+            HEADER_EVENT_TYPE,
+            HEADER_EVENT_VERSION,
+            HEADER_TIMESTAMP,
+        ]
+        .iter()
+        .map(|name| name.len())
+        .sum();
+        let text_bytes = names
+            + self.event_id.len()
+            + self.aggregate_id.len()
+            + self.event_type.len()
+            + 20 // the version
+            + TIMESTAMP_LEN
+            + optional
+                .iter()
+                .map(|(name, value)| value.as_ref().map_or(0, |v| name.len() + v.len()))
+                .sum::<usize>();
+        let mut headers = Headers::builder(text_bytes);
+        headers
+            .push(HEADER_EVENT_ID, &self.event_id)
+            .push(HEADER_AGGREGATE_ID, &self.aggregate_id)
+            .push(HEADER_EVENT_TYPE, &self.event_type)
+            .push_with(HEADER_EVENT_VERSION, |text| {
+                let _ = write!(text, "{}", self.event_version);
+            })
+            .push_with(HEADER_TIMESTAMP, |text| {
+                write_timestamp(text, &self.timestamp)
+            });
         for (name, value) in optional {
             if let Some(value) = value {
-                headers.push((Cow::Borrowed(name), value.clone()));
+                headers.push(name, value);
             }
         }
-        Headers::from(headers)
+        headers.build()
     }
 
     /// Rebuilds an envelope from a received message's headers and payload.
     pub fn from_message(message: &Message) -> Result<Self, EnvelopeError> {
-        let required = |name: &'static str| {
-            message
-                .header(name)
-                .ok_or(EnvelopeError::MissingHeader(name))
-        };
-        let version_text = required(HEADER_EVENT_VERSION)?;
+        // One pass over the headers (the first of each name counts), not one search per field.
+        let mut fields: [Option<&str>; 8] = [None; 8];
+        for (name, value) in message.headers.iter() {
+            let slot = match name {
+                HEADER_EVENT_ID => 0,
+                HEADER_AGGREGATE_ID => 1,
+                HEADER_EVENT_TYPE => 2,
+                HEADER_EVENT_VERSION => 3,
+                HEADER_TIMESTAMP => 4,
+                HEADER_TRACE_ID => 5,
+                HEADER_CORRELATION_ID => 6,
+                HEADER_TENANT_ID => 7,
+                _ => continue,
+            };
+            fields[slot].get_or_insert(value);
+        }
+        let [
+            event_id,
+            aggregate_id,
+            event_type,
+            version,
+            timestamp,
+            trace_id,
+            correlation_id,
+            tenant_id,
+        ] = fields;
+        let version_text = version.ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_VERSION))?;
         let event_version = version_text.parse().map_err(|_| EnvelopeError::BadHeader {
             header: HEADER_EVENT_VERSION,
             value: version_text.to_owned(),
         })?;
-        let timestamp_text = required(HEADER_TIMESTAMP)?;
-        let timestamp = DateTime::parse_from_rfc3339(timestamp_text)
-            .map_err(|_| EnvelopeError::BadHeader {
+        let timestamp_text = timestamp.ok_or(EnvelopeError::MissingHeader(HEADER_TIMESTAMP))?;
+        let timestamp =
+            parse_timestamp(timestamp_text).ok_or_else(|| EnvelopeError::BadHeader {
                 header: HEADER_TIMESTAMP,
                 value: timestamp_text.to_owned(),
-            })?
-            .with_timezone(&Utc);
-        let optional = |name| message.header(name).map(str::to_owned);
+            })?;
         Ok(Envelope {
-            event_id: required(HEADER_EVENT_ID)?.to_owned(),
-            aggregate_id: required(HEADER_AGGREGATE_ID)?.to_owned(),
-            event_type: required(HEADER_EVENT_TYPE)?.to_owned(),
+            event_id: event_id
+                .ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_ID))?
+                .to_owned(),
+            aggregate_id: aggregate_id
+                .ok_or(EnvelopeError::MissingHeader(HEADER_AGGREGATE_ID))?
+                .to_owned(),
+            event_type: event_type
+                .ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_TYPE))?
+                .to_owned(),
             event_version,
             timestamp,
-            trace_id: optional(HEADER_TRACE_ID),
-            correlation_id: optional(HEADER_CORRELATION_ID),
-            tenant_id: optional(HEADER_TENANT_ID),
+            trace_id: trace_id.map(str::to_owned),
+            correlation_id: correlation_id.map(str::to_owned),
+            tenant_id: tenant_id.map(str::to_owned),
             payload: message.payload.clone(),
         })
+    }
+}
+
+/// Length of a timestamp as the envelope writes it: `2026-11-23T11:19:24.123456789Z`.
+const TIMESTAMP_LEN: usize = 30;
+
+thread_local! {
+    /// Each thread's own UUIDv7 counter: ids stay unique and, within a thread, ascending,
+    /// without every publisher taking one process-wide lock.
+    static UUID_CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+}
+
+/// A UUIDv7 for an event that happened at `at`, in its hyphenated lower-case form.
+fn new_event_id(at: &DateTime<Utc>) -> String {
+    let seconds = u64::try_from(at.timestamp()).unwrap_or(0);
+    let id = UUID_CONTEXT.with(|context| {
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            context,
+            seconds,
+            at.timestamp_subsec_nanos().min(999_999_999),
+        ))
+    });
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
+}
+
+/// Appends `at` in RFC 3339 with nanoseconds and `Z`, the way chrono writes it with
+/// `SecondsFormat::Nanos`, without the formatting machinery (it is per message).
+fn write_timestamp(text: &mut String, at: &DateTime<Utc>) {
+    let date = at.date_naive();
+    let time = at.time();
+    let nanos = time.nanosecond();
+    if !(0..=9999).contains(&date.year()) || nanos >= 1_000_000_000 {
+        // Years of other than four digits, and leap seconds: chrono's own form.
+        text.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        return;
+    }
+    let mut out = *b"0000-00-00T00:00:00.000000000Z";
+    let fields = [
+        (0..4, date.year() as u32),
+        (5..7, date.month()),
+        (8..10, date.day()),
+        (11..13, time.hour()),
+        (14..16, time.minute()),
+        (17..19, time.second()),
+        (20..29, nanos),
+    ];
+    for (range, value) in fields {
+        let mut rest = value;
+        for slot in out[range].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+    }
+    text.push_str(std::str::from_utf8(&out).expect("ASCII digits and separators"));
+}
+
+/// Reads a timestamp header: the envelope's own form quickly, any other RFC 3339 form through
+/// chrono.
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| {
+        bytes[range].iter().try_fold(0u32, |value, byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + u32::from(byte - b'0'))
+        })
+    };
+    let fast = (bytes.len() == TIMESTAMP_LEN
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes[10] == b'T'
+        && bytes[13] == b':'
+        && bytes[16] == b':'
+        && bytes[19] == b'.'
+        && bytes[29] == b'Z')
+        .then(|| {
+            NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?
+                .and_hms_nano_opt(
+                    number(11..13)?,
+                    number(14..16)?,
+                    number(17..19)?,
+                    number(20..29)?,
+                )
+        })
+        .flatten();
+    match fast {
+        Some(naive) => Some(naive.and_utc()),
+        None => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|at| at.with_timezone(&Utc)),
     }
 }
 
@@ -257,6 +370,76 @@ mod tests {
         envelope.validate().unwrap();
         let id = uuid::Uuid::parse_str(&envelope.event_id).unwrap();
         assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn timestamps_are_written_and_read_as_chrono_does() {
+        let mut moments: Vec<DateTime<Utc>> = [
+            "2026-11-23T11:19:24.123456789Z",
+            "1970-01-01T00:00:00.000000000Z",
+            "0001-02-03T04:05:06.000000007Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ]
+        .iter()
+        .map(|text| DateTime::parse_from_rfc3339(text).unwrap().to_utc())
+        .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..1000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let seconds = (seed % 253_402_300_799) as i64; // up to the end of year 9999
+            moments.push(
+                DateTime::from_timestamp(seconds, (seed >> 34) as u32 % 1_000_000_000).unwrap(),
+            );
+        }
+        for at in moments {
+            let mut text = String::new();
+            write_timestamp(&mut text, &at);
+            assert_eq!(text, at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+            assert_eq!(text.len(), TIMESTAMP_LEN);
+            assert_eq!(parse_timestamp(&text), Some(at), "{text}");
+        }
+        // Other RFC 3339 forms are read through chrono; nonsense is refused.
+        let offset = parse_timestamp("2026-11-23T12:19:24.5+01:00").unwrap();
+        assert_eq!(
+            offset,
+            parse_timestamp("2026-11-23T11:19:24.500000000Z").unwrap()
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-23T11:19:24.123456789Z",
+            "2026-11-23T11:19:24.12345678xZ",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+        // Years past 9999 take chrono's own form.
+        let far = DateTime::from_timestamp(300_000_000_000, 5).unwrap();
+        let mut text = String::new();
+        write_timestamp(&mut text, &far);
+        assert_eq!(
+            text,
+            far.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        );
+    }
+
+    #[test]
+    fn envelopes_survive_their_headers() {
+        let mut envelope = valid();
+        envelope.trace_id = Some("trace-1".into());
+        envelope.tenant_id = Some("tenant-9".into());
+        let message = Message {
+            topic: "orders".into(),
+            key: Some(envelope.aggregate_id.as_str().into()),
+            headers: envelope.headers(),
+            payload: envelope.payload.clone(),
+            attempt: 1,
+        };
+        assert_eq!(message.headers.len(), 7);
+        assert_eq!(Envelope::from_message(&message).unwrap(), envelope);
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| valid().event_id).collect();
+        assert_eq!(ids.len(), 1000, "event ids are unique");
     }
 
     #[test]

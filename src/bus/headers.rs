@@ -1,19 +1,48 @@
 //! Message headers: an ordered list of name and value pairs, cheap to clone and free when empty.
-//! The envelope's header names are static strings, so carrying an envelope's fields costs one
-//! allocation per value and none per name, on sending and on receiving.
+//!
+//! Every name and value of one message lives in one text buffer, and where each ends in a short
+//! list kept inline: a message's headers cost two allocations (the shared block and its text)
+//! however many there are, when sending and when receiving, instead of one per value.
 
-use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
-use super::envelope::KNOWN_HEADERS;
-
-/// A header's name: static for the names busbench knows, owned for any other.
-pub type HeaderName = Cow<'static, str>;
+/// How many headers fit without a second list (an envelope carries five to eight).
+const INLINE: usize = 8;
 
 /// A message's headers, in the order they were sent. Names may repeat; [`Headers::get`] finds
 /// the first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Option<Arc<[(HeaderName, String)]>>);
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<Block>>);
+
+/// Where one header's name and value end in the text; the name starts where the previous
+/// value ended (or at 0), the value where the name ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bounds {
+    name_end: u32,
+    value_end: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    text: String,
+    inline: [Bounds; INLINE],
+    inline_len: u8,
+    /// Headers past the first [`INLINE`] ones.
+    spilled: Vec<Bounds>,
+}
+
+impl Block {
+    fn bounds(&self) -> impl Iterator<Item = &Bounds> + '_ {
+        self.inline[..usize::from(self.inline_len)]
+            .iter()
+            .chain(&self.spilled)
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.inline_len) + self.spilled.len()
+    }
+}
 
 impl Headers {
     /// No headers (allocates nothing).
@@ -21,25 +50,55 @@ impl Headers {
         Headers(None)
     }
 
+    /// A builder whose text buffer holds `text_bytes` (names and values together) before it
+    /// grows.
+    pub fn builder(text_bytes: usize) -> HeadersBuilder {
+        HeadersBuilder {
+            block: Block {
+                text: String::with_capacity(text_bytes),
+                inline: [Bounds::default(); INLINE],
+                inline_len: 0,
+                spilled: Vec::new(),
+            },
+        }
+    }
+
     /// The value of the first header with this name (case-sensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value)
+        let block = self.0.as_deref()?;
+        let text = block.text.as_str();
+        let mut start = 0usize;
+        // A plain scan comparing lengths first: this runs several times per received envelope.
+        for bounds in block.bounds() {
+            let (name_end, value_end) = (bounds.name_end as usize, bounds.value_end as usize);
+            if name_end - start == name.len()
+                && &text.as_bytes()[start..name_end] == name.as_bytes()
+            {
+                return text.get(name_end..value_end);
+            }
+            start = value_end;
+        }
+        None
     }
 
     /// Every header, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.0
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|(name, value)| (name.as_ref(), value.as_str()))
+        let (text, bounds) = match self.0.as_deref() {
+            Some(block) => (block.text.as_str(), Some(block.bounds())),
+            None => ("", None),
+        };
+        let mut start = 0usize;
+        bounds.into_iter().flatten().map(move |bounds| {
+            let (name_end, value_end) = (bounds.name_end as usize, bounds.value_end as usize);
+            let pair = (&text[start..name_end], &text[name_end..value_end]);
+            start = value_end;
+            pair
+        })
     }
 
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.0.as_deref().map_or(0, <[_]>::len)
+        self.0.as_deref().map_or(0, Block::len)
     }
 
     /// Whether there are none.
@@ -47,68 +106,172 @@ impl Headers {
         self.len() == 0
     }
 
-    /// A copy of the pairs, to extend.
-    pub fn to_vec(&self) -> Vec<(HeaderName, String)> {
-        self.0.as_deref().unwrap_or_default().to_vec()
-    }
-
-    /// The name as a [`HeaderName`]: borrowed for a name busbench knows, owned otherwise.
-    pub fn name(name: &str) -> HeaderName {
-        match KNOWN_HEADERS.iter().find(|known| **known == name) {
-            Some(known) => Cow::Borrowed(known),
-            None => Cow::Owned(name.to_owned()),
+    /// A builder holding these headers, to add more.
+    pub fn extended(&self) -> HeadersBuilder {
+        match self.0.as_deref() {
+            Some(block) => HeadersBuilder {
+                block: block.clone(),
+            },
+            None => Headers::builder(0),
         }
     }
 }
 
-impl From<Vec<(HeaderName, String)>> for Headers {
-    fn from(pairs: Vec<(HeaderName, String)>) -> Self {
-        if pairs.is_empty() {
+/// Builds [`Headers`] in one text buffer: see [`Headers::builder`].
+#[derive(Debug)]
+pub struct HeadersBuilder {
+    block: Block,
+}
+
+impl HeadersBuilder {
+    /// Adds a header.
+    pub fn push(&mut self, name: &str, value: &str) -> &mut Self {
+        self.push_with(name, |text| text.push_str(value))
+    }
+
+    /// Adds a header whose value `write_value` appends to the text buffer (no string of its
+    /// own).
+    pub fn push_with(&mut self, name: &str, write_value: impl FnOnce(&mut String)) -> &mut Self {
+        let text = &mut self.block.text;
+        text.push_str(name);
+        let name_end = offset(text.len());
+        write_value(text);
+        let bounds = Bounds {
+            name_end,
+            value_end: offset(text.len()),
+        };
+        let block = &mut self.block;
+        match block.inline.get_mut(usize::from(block.inline_len)) {
+            Some(slot) => {
+                *slot = bounds;
+                block.inline_len += 1;
+            }
+            None => block.spilled.push(bounds),
+        }
+        self
+    }
+
+    /// The headers (nothing allocated beyond the text when there are none).
+    pub fn build(self) -> Headers {
+        if self.block.len() == 0 {
             Headers(None)
         } else {
-            Headers(Some(Arc::from(pairs)))
+            Headers(Some(Arc::new(self.block)))
         }
     }
 }
 
-impl<const N: usize> From<[(HeaderName, String); N]> for Headers {
-    fn from(pairs: [(HeaderName, String); N]) -> Self {
-        if N == 0 {
-            Headers(None)
-        } else {
-            Headers(Some(Arc::from(pairs)))
-        }
+/// A text offset; headers larger than 4 GiB are not a thing any broker carries.
+fn offset(len: usize) -> u32 {
+    u32::try_from(len).expect("headers larger than 4 GiB")
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
-impl FromIterator<(HeaderName, String)> for Headers {
-    fn from_iter<I: IntoIterator<Item = (HeaderName, String)>>(pairs: I) -> Self {
-        Headers::from(pairs.into_iter().collect::<Vec<_>>())
+/// Equal when the same pairs come in the same order.
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Self {
+        let mut builder = Headers::builder(0);
+        for (name, value) in pairs {
+            builder.push(name.as_ref(), value.as_ref());
+        }
+        builder.build()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> From<Vec<(N, V)>> for Headers {
+    fn from(pairs: Vec<(N, V)>) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>, const K: usize> From<[(N, V); K]> for Headers {
+    fn from(pairs: [(N, V); K]) -> Self {
+        pairs.into_iter().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::envelope::{HEADER_AGGREGATE_ID, HEADER_EVENT_ID};
+    use crate::bus::envelope::HEADER_AGGREGATE_ID;
 
     #[test]
-    fn known_names_are_borrowed_and_lookups_find_the_first() {
-        assert!(matches!(Headers::name(HEADER_EVENT_ID), Cow::Borrowed(_)));
-        assert!(matches!(Headers::name("X-Custom"), Cow::Owned(_)));
+    fn lookups_find_the_first_and_order_is_kept() {
         let headers: Headers = [
-            (Headers::name(HEADER_AGGREGATE_ID), "a-1".to_owned()),
-            (Headers::name("X-Custom"), "one".to_owned()),
-            (Headers::name("X-Custom"), "two".to_owned()),
+            (HEADER_AGGREGATE_ID, "a-1"),
+            ("X-Custom", "one"),
+            ("X-Custom", "two"),
+            ("X-Empty", ""),
         ]
         .into();
-        assert_eq!(headers.len(), 3);
+        assert_eq!(headers.len(), 4);
         assert_eq!(headers.get(HEADER_AGGREGATE_ID), Some("a-1"));
         assert_eq!(headers.get("X-Custom"), Some("one"));
+        assert_eq!(headers.get("X-Empty"), Some(""));
         assert_eq!(headers.get("x-custom"), None);
-        let names: Vec<_> = headers.iter().map(|(name, _)| name).collect();
-        assert_eq!(names, [HEADER_AGGREGATE_ID, "X-Custom", "X-Custom"]);
+        let pairs: Vec<_> = headers.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                (HEADER_AGGREGATE_ID, "a-1"),
+                ("X-Custom", "one"),
+                ("X-Custom", "two"),
+                ("X-Empty", "")
+            ]
+        );
         assert!(Headers::new().is_empty());
-        assert_eq!(Headers::from(Vec::new()), Headers::new());
+        assert_eq!(Headers::from(Vec::<(&str, &str)>::new()), Headers::new());
+        assert_eq!(
+            format!("{:?}", Headers::from([("a", "b")])),
+            r#"[("a", "b")]"#
+        );
+    }
+
+    #[test]
+    fn more_headers_than_fit_inline_spill_in_order() {
+        let pairs: Vec<(String, String)> = (0..INLINE * 2 + 3)
+            .map(|i| (format!("name-{i}"), "v".repeat(i)))
+            .collect();
+        let headers: Headers = pairs.iter().map(|(n, v)| (n, v)).collect();
+        assert_eq!(headers.len(), pairs.len());
+        let back: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(back, pairs);
+        assert_eq!(headers.get("name-18"), Some("v".repeat(18).as_str()));
+    }
+
+    #[test]
+    fn extending_keeps_the_original_and_adds_after_it() {
+        let original: Headers = [("X-One", "1")].into();
+        let mut builder = original.extended();
+        builder.push("X-Two", "2").push_with("X-Three", |text| {
+            text.push('3');
+        });
+        let extended = builder.build();
+        assert_eq!(original.len(), 1);
+        assert_eq!(
+            extended.iter().collect::<Vec<_>>(),
+            [("X-One", "1"), ("X-Two", "2"), ("X-Three", "3")]
+        );
+        assert_eq!(Headers::new().extended().build(), Headers::new());
+        // Equality is by pairs, whatever the buffers' capacities.
+        let mut roomy = Headers::builder(1024);
+        roomy.push("X-One", "1");
+        assert_eq!(roomy.build(), original);
     }
 }

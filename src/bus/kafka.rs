@@ -517,14 +517,19 @@ async fn fetch_loop(
         let offset = message.offset();
         let headers = match message.headers() {
             Some(received) => {
-                let mut pairs = Vec::with_capacity(received.count());
-                pairs.extend(received.iter().map(|h| {
-                    (
-                        Headers::name(h.key),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                }));
-                Headers::from(pairs)
+                let mut headers = Headers::builder(
+                    received
+                        .iter()
+                        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                        .sum(),
+                );
+                for header in received.iter() {
+                    headers.push(
+                        header.key,
+                        &String::from_utf8_lossy(header.value.unwrap_or_default()),
+                    );
+                }
+                headers.build()
             }
             None => Headers::new(),
         };

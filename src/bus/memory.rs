@@ -20,6 +20,10 @@ use super::{
     MemoryConfig, Message, Record, Transport,
 };
 
+/// The most records the consuming task takes off a topic queue at once (one release of the
+/// queue's room per batch); each is dispatched in order.
+const CONSUME_BATCH: usize = 32;
+
 type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Record>>>;
 
 struct Topic {
@@ -204,28 +208,31 @@ async fn consume(
         guard = receiver.lock_owned() => guard,
         _ = stop.cancelled() => return,
     };
+    let mut batch = Vec::with_capacity(CONSUME_BATCH);
     loop {
-        let record = tokio::select! {
+        let received = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            record = receiver.recv() => match record {
-                Some(record) => record,
-                None => return,
-            },
+            received = receiver.recv_many(&mut batch, CONSUME_BATCH) => received,
         };
-        let delivery = Delivery {
-            message: Message {
-                topic: topic.clone(),
-                key: record.key,
-                headers: record.headers,
-                payload: record.payload,
-                attempt: 1,
-            },
-            acker: Acker::Nothing,
-        };
-        if let Err(e) = sink.dispatch(delivery).await {
-            *error.lock().unwrap() = Some(e);
+        if received == 0 {
             return;
+        }
+        for record in batch.drain(..) {
+            let delivery = Delivery {
+                message: Message {
+                    topic: topic.clone(),
+                    key: record.key,
+                    headers: record.headers,
+                    payload: record.payload,
+                    attempt: 1,
+                },
+                acker: Acker::Nothing,
+            };
+            if let Err(e) = sink.dispatch(delivery).await {
+                *error.lock().unwrap() = Some(e);
+                return;
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ pub use config::{
 };
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{BusError, BusErrorKind, HandlerError};
-pub use headers::{HeaderName, Headers};
+pub use headers::{Headers, HeadersBuilder};
 pub use nats::connect_options as nats_connect_options;
 
 /// A message as delivered to a handler. Cheap to clone.

@@ -337,21 +337,29 @@ async fn fetch_loop(
             None => return,
         };
         let (message, acker) = message.split();
-        let headers: Headers = message
-            .headers
-            .as_ref()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .flat_map(|(name, values)| {
-                        let name = Headers::name(name.as_ref());
-                        values
-                            .iter()
-                            .map(move |value| (name.clone(), value.as_str().to_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = match &message.headers {
+            Some(received) => {
+                let mut headers = Headers::builder(
+                    received
+                        .iter()
+                        .map(|(name, values)| {
+                            let name: &str = name.as_ref();
+                            values
+                                .iter()
+                                .map(|v| name.len() + v.as_str().len())
+                                .sum::<usize>()
+                        })
+                        .sum(),
+                );
+                for (name, values) in received.iter() {
+                    for value in values {
+                        headers.push(name.as_ref(), value.as_str());
+                    }
+                }
+                headers.build()
+            }
+            None => Headers::new(),
+        };
         let key = headers
             .get(super::envelope::HEADER_AGGREGATE_ID)
             .map(Arc::from);
