@@ -7,6 +7,7 @@
 //! group to subscribe takes over. Order per topic is publish order.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,8 +54,32 @@ impl Topic {
     }
 }
 
+/// FNV-1a (64 bits) over a topic's name: a publish looks its topic up, and for names of a few
+/// bytes SipHash's set-up costs more than the name. Topic names come from the bus's user, not
+/// from the network.
+struct TopicHasher(u64);
+
+impl Default for TopicHasher {
+    fn default() -> Self {
+        TopicHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for TopicHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 pub(crate) struct MemoryTransport {
-    topics: Mutex<HashMap<String, Topic>>,
+    topics: Mutex<HashMap<String, Topic, BuildHasherDefault<TopicHasher>>>,
     capacity: usize,
     publish_timeout: Duration,
     closed: std::sync::atomic::AtomicBool,
@@ -63,7 +88,7 @@ pub(crate) struct MemoryTransport {
 impl MemoryTransport {
     pub fn new(config: MemoryConfig, bus: &BusConfig) -> Self {
         MemoryTransport {
-            topics: Mutex::new(HashMap::new()),
+            topics: Mutex::new(HashMap::default()),
             capacity: config.queue_capacity.max(1),
             publish_timeout: bus.publish_timeout,
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -104,8 +129,17 @@ impl Transport for MemoryTransport {
             if self.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(BusError::Closed);
             }
-            for sender in self.senders_for(topic).iter() {
-                let record = match sender.try_send(record.clone()) {
+            let senders = self.senders_for(topic);
+            let mut record = Some(record);
+            for (index, sender) in senders.iter().enumerate() {
+                // Every group but the last gets a copy (cheap: shared payload and headers);
+                // the last one, usually the only one, takes the record itself.
+                let copy = if index + 1 == senders.len() {
+                    record.take().expect("taken by the last group only")
+                } else {
+                    record.clone().expect("kept until the last group")
+                };
+                let record = match sender.try_send(copy) {
                     Ok(()) => continue,
                     Err(mpsc::error::TrySendError::Full(record)) => record,
                     Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),
