@@ -159,6 +159,23 @@ impl Transport for MemoryTransport {
         })
     }
 
+    fn try_send(&self, topic: &str, record: Record) -> Result<Result<Ack, BusError>, Record> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Err(BusError::Closed));
+        }
+        let senders = self.senders_for(topic);
+        // One group (or the backlog): queued at once or not at all. Several groups take the
+        // general path, which waits for room in each queue in turn.
+        let [sender] = &senders[..] else {
+            return Err(record);
+        };
+        match sender.try_send(record) {
+            Ok(()) => Ok(Ok(Ack::Ready(Ok(())))),
+            Err(mpsc::error::TrySendError::Full(record)) => Err(record),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(BusError::Closed)),
+        }
+    }
+
     fn subscribe<'a>(
         &'a self,
         topic: &'a str,

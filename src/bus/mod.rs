@@ -239,6 +239,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// Hands the record to the client; resolves once it was taken, with the ack to come.
     fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>>;
+    /// [`Transport::send`] without a future, when the client can take the record at once (the
+    /// common case on a backend whose sending only waits when a queue is full); gives the record
+    /// back when sending would have to wait.
+    fn try_send(&self, _topic: &str, record: Record) -> Result<Result<Ack, BusError>, Record> {
+        Err(record)
+    }
     /// Starts consuming `topic` as `group`, handing each message to `sink`.
     fn subscribe<'a>(
         &'a self,
@@ -368,7 +374,10 @@ impl EventBus {
             return Err(BusError::Closed);
         }
         let permit = acquire_window(&self.window, self.config.publish_timeout).await?;
-        let ack = self.transport.send(topic, record).await?;
+        let ack = match self.transport.try_send(topic, record) {
+            Ok(taken) => taken?,
+            Err(record) => self.transport.send(topic, record).await?,
+        };
         Ok(PublishReceipt {
             ack,
             _permit: permit,
