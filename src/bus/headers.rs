@@ -7,6 +7,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// Name and value bytes of a typical header, to size a buffer before copying received ones.
+const TYPICAL_HEADER_BYTES: usize = 40;
+
 /// How many headers fit without a second list (an envelope carries five to eight).
 const INLINE: usize = 8;
 
@@ -61,6 +64,13 @@ impl Headers {
                 spilled: Vec::new(),
             },
         }
+    }
+
+    /// A builder for `count` received headers, sized for typical ones (an envelope's average
+    /// 32 bytes of name and value each) so that they are copied in one pass: at most a regrowth
+    /// or two for longer ones, instead of a pass to measure them first.
+    pub fn builder_for(count: usize) -> HeadersBuilder {
+        Headers::builder(count * TYPICAL_HEADER_BYTES)
     }
 
     /// The value of the first header with this name (case-sensitive).

@@ -517,12 +517,7 @@ async fn fetch_loop(
         let offset = message.offset();
         let headers = match message.headers() {
             Some(received) => {
-                let mut headers = Headers::builder(
-                    received
-                        .iter()
-                        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-                        .sum(),
-                );
+                let mut headers = Headers::builder_for(received.count());
                 for header in received.iter() {
                     headers.push(
                         header.key,

@@ -129,17 +129,9 @@ impl Transport for MemoryTransport {
             if self.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(BusError::Closed);
             }
-            let senders = self.senders_for(topic);
-            let mut record = Some(record);
-            for (index, sender) in senders.iter().enumerate() {
-                // Every group but the last gets a copy (cheap: shared payload and headers);
-                // the last one, usually the only one, takes the record itself.
-                let copy = if index + 1 == senders.len() {
-                    record.take().expect("taken by the last group only")
-                } else {
-                    record.clone().expect("kept until the last group")
-                };
-                let record = match sender.try_send(copy) {
+            // The general path: several groups, or a full queue (`try_send` takes the rest).
+            for sender in self.senders_for(topic).iter() {
+                let record = match sender.try_send(record.clone()) {
                     Ok(()) => continue,
                     Err(mpsc::error::TrySendError::Full(record)) => record,
                     Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),

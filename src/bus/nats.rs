@@ -339,18 +339,7 @@ async fn fetch_loop(
         let (message, acker) = message.split();
         let headers = match &message.headers {
             Some(received) => {
-                let mut headers = Headers::builder(
-                    received
-                        .iter()
-                        .map(|(name, values)| {
-                            let name: &str = name.as_ref();
-                            values
-                                .iter()
-                                .map(|v| name.len() + v.as_str().len())
-                                .sum::<usize>()
-                        })
-                        .sum(),
-                );
+                let mut headers = Headers::builder_for(received.len());
                 for (name, values) in received.iter() {
                     for value in values {
                         headers.push(name.as_ref(), value.as_str());
