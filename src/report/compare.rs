@@ -449,7 +449,10 @@ pub fn compare(
             );
         }
     }
-    // Envelope against raw throughput of each backend: what the envelope path costs.
+    // Envelope against raw throughput of each backend: what the envelope path costs. The two
+    // cells' runs are not paired, so the ratio is taken for every envelope run against every
+    // raw run: their median is close to the ratio of the medians, and their spread carries the
+    // noise of both cells.
     for base_raw in baseline.cells.iter().filter(|c| c.mode == Mode::Raw) {
         let envelope_of = |result: &RunResult, backend: BackendKind| {
             let pick = |mode: Mode| {
@@ -458,28 +461,32 @@ pub fn compare(
                     .iter()
                     .find(|c| c.backend == backend && c.mode == mode)
                     .map(|c| {
-                        median(&runs_or(
+                        runs_or(
                             c,
                             |r| r.e2e_msgs_per_sec.clone(),
                             Some(c.throughput.e2e_msgs_per_sec),
-                        ))
+                        )
                     })
             };
             match (pick(Mode::Envelope), pick(Mode::Raw)) {
-                (Some(envelope), Some(raw)) if raw > 0.0 => Some(envelope / raw),
-                _ => None,
+                (Some(envelope), Some(raw)) => envelope
+                    .iter()
+                    .flat_map(|e| raw.iter().filter(|r| **r > 0.0).map(move |r| e / r))
+                    .collect(),
+                _ => Vec::new(),
             }
         };
-        if let (Some(was), Some(now)) = (
+        let (was, now) = (
             envelope_of(baseline, base_raw.backend),
             envelope_of(current, base_raw.backend),
-        ) {
+        );
+        if !was.is_empty() && !now.is_empty() {
             comparison.push_change(
                 format!("{}/envelope÷raw", base_raw.backend),
                 "end-to-end msg/s ratio",
                 Kind::Ratio,
-                &[was],
-                &[now],
+                &was,
+                &now,
                 thresholds,
             );
         }
