@@ -156,6 +156,30 @@ fn assert_consistent(cell: &Value) {
     );
 }
 
+/// Waits, at most `bound`, for the line busbench prints (without progress bars) when a cell's
+/// measured phase begins, then lets the phase run for `then`; the rest of the child's
+/// standard error is drained in the background.
+fn await_measured_phase(child: &mut Child, bound: Duration, then: Duration) {
+    let stderr = child.stderr.take().expect("standard error piped");
+    let (began, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.ends_with("measured phase began") {
+                let _ = began.send(());
+            }
+        }
+    });
+    if wait.recv_timeout(bound).is_err() {
+        let _ = child.kill();
+        panic!("no measured phase began within {bound:?}");
+    }
+    std::thread::sleep(then);
+}
+
 fn wait_with_bound(child: &mut Child, bound: Duration) -> (Option<i32>, Duration) {
     let started = Instant::now();
     loop {
@@ -186,10 +210,11 @@ fn a_stalled_broker_ends_the_cell_within_its_timeout_with_its_counts() {
         .arg(dir.path())
         .args(["--nats-url", &nats.url()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    // A second of the measured phase first, so that some messages are acknowledged.
+    await_measured_phase(&mut child, Duration::from_secs(10), Duration::from_secs(1));
     nats.signal(libc::SIGSTOP);
     let (code, _) = wait_with_bound(&mut child, Duration::from_secs(30));
     let elapsed = started.elapsed();
@@ -232,10 +257,10 @@ fn publishing_resumes_after_a_nats_kill_and_restart_with_nothing_acknowledged_lo
         .arg(dir.path())
         .args(["--nats-url", &nats.url()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    await_measured_phase(&mut child, Duration::from_secs(30), Duration::from_secs(1));
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run outlasts the kill"
@@ -385,7 +410,7 @@ fn long_memory_run(dir: &Path) -> Child {
         .args(["run", file.to_str().unwrap(), "--no-progress", "--out"])
         .arg(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -395,7 +420,11 @@ fn sigterm_and_sigint_write_the_reports_and_exit_143_and_130() {
     for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
         let dir = tempfile::tempdir().unwrap();
         let mut child = long_memory_run(dir.path());
-        std::thread::sleep(Duration::from_secs(3));
+        await_measured_phase(
+            &mut child,
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        );
         // SAFETY: kill(2) on a child this test owns.
         unsafe {
             libc::kill(child.id() as i32, signal);

@@ -796,6 +796,7 @@ async fn drive(
         sent_counter,
         work_deadline,
         gate,
+        !options.progress,
     )
     .await;
     let teardown = async {
@@ -865,6 +866,7 @@ async fn measure(
     sent_counter: Arc<AtomicU64>,
     deadline: tokio::time::Instant,
     gate: StartGate<'_>,
+    announce_phase: bool,
 ) -> Result<Measured, CellFailure> {
     let timeout = scenario.timeout();
     // Set-up: topics and subscriptions, ready before anything is sent.
@@ -1060,6 +1062,11 @@ async fn measure(
     let measured_from = chrono::Utc::now();
     let first_send_nanos = recorder.now_nanos();
     recorder.start_seconds(first_send_nanos);
+    if announce_phase {
+        // Without progress bars, a line marks where set-up and warm-up end (a log reader, or
+        // a script waiting to inject a fault into the measured phase, sees it).
+        eprintln!("busbench: {backend}/{mode}: measured phase began");
+    }
     let phase_start = tokio::time::Instant::now();
     let phase_over = CancellationToken::new();
     let fault_tasks: Vec<_> = scenario
