@@ -280,8 +280,7 @@ pub struct CellResult {
     /// End-to-end throughput of the client alone (no bus) on the same broker and load,
     /// paying what the bus's guarantee and the harness need: NATS acks, Kafka commits at the
     /// bus's cadence, and the per-message accounting. The bus's efficiency is measured
-    /// against this. Measured just before the run it belongs to (for a repeated cell, the
-    /// representative run; `repeats` holds every run's).
+    /// against this.
     pub ceiling_msgs_per_sec: Option<f64>,
     /// End-to-end throughput of the bare client on the same broker and load: no acks, no
     /// commits, no accounting; the client's raw limit, shown beside the ceiling.
@@ -292,7 +291,7 @@ pub struct CellResult {
     /// `cpu_us_per_msg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceiling_cpu_us_per_msg: Option<f64>,
-    /// e2e_msgs_per_sec / ceiling_msgs_per_sec, both of the same run.
+    /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
     pub efficiency: Option<f64>,
     /// Work the process did per handled message during the measured phase, figures that do
     /// not depend on the CPU's speed.
@@ -521,13 +520,9 @@ pub struct RepeatSpread {
     pub publish_msgs_per_sec: Vec<f64>,
     /// End-to-end p99 of each run, µs.
     pub e2e_p99_us: Vec<u64>,
-    /// Bus efficiency of each run (absent without a ceiling): the run's end-to-end
-    /// throughput over the client ceiling measured just before it.
+    /// Bus efficiency of each run (absent without a ceiling).
     #[serde(default)]
     pub efficiency: Vec<f64>,
-    /// The client ceiling measured just before each run, msgs/s (absent without a ceiling).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ceiling_msgs_per_sec: Vec<f64>,
     /// Heap allocations per message of each run (absent without the counting allocator).
     #[serde(default)]
     pub allocations_per_msg: Vec<f64>,

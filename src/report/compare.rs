@@ -449,10 +449,7 @@ pub fn compare(
             );
         }
     }
-    // Envelope against raw throughput of each backend: what the envelope path costs. The two
-    // cells' runs are not paired, so the ratio is taken for every envelope run against every
-    // raw run: their median is close to the ratio of the medians, and their spread carries the
-    // noise of both cells.
+    // Envelope against raw throughput of each backend: what the envelope path costs.
     for base_raw in baseline.cells.iter().filter(|c| c.mode == Mode::Raw) {
         let envelope_of = |result: &RunResult, backend: BackendKind| {
             let pick = |mode: Mode| {
@@ -461,32 +458,28 @@ pub fn compare(
                     .iter()
                     .find(|c| c.backend == backend && c.mode == mode)
                     .map(|c| {
-                        runs_or(
+                        median(&runs_or(
                             c,
                             |r| r.e2e_msgs_per_sec.clone(),
                             Some(c.throughput.e2e_msgs_per_sec),
-                        )
+                        ))
                     })
             };
             match (pick(Mode::Envelope), pick(Mode::Raw)) {
-                (Some(envelope), Some(raw)) => envelope
-                    .iter()
-                    .flat_map(|e| raw.iter().filter(|r| **r > 0.0).map(move |r| e / r))
-                    .collect(),
-                _ => Vec::new(),
+                (Some(envelope), Some(raw)) if raw > 0.0 => Some(envelope / raw),
+                _ => None,
             }
         };
-        let (was, now) = (
+        if let (Some(was), Some(now)) = (
             envelope_of(baseline, base_raw.backend),
             envelope_of(current, base_raw.backend),
-        );
-        if !was.is_empty() && !now.is_empty() {
+        ) {
             comparison.push_change(
                 format!("{}/envelope÷raw", base_raw.backend),
                 "end-to-end msg/s ratio",
                 Kind::Ratio,
-                &was,
-                &now,
+                &[was],
+                &[now],
                 thresholds,
             );
         }

@@ -257,14 +257,76 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         None => scenario.backends.clone(),
     };
     let mut infrastructure_failure = false;
+    // Per backend and mode: the client ceiling carries the records of the mode's cells.
+    let mut ceilings: BTreeMap<(BackendKind, Mode), Result<f64, String>> = BTreeMap::new();
+    let mut ceiling_cpu: BTreeMap<(BackendKind, Mode), f64> = BTreeMap::new();
+    let mut bare_ceilings: BTreeMap<(BackendKind, Mode), f64> = BTreeMap::new();
     // Backends the ceiling found unreachable: their cells fail at once with that error.
     let mut unreachable_backends: BTreeMap<BackendKind, String> = BTreeMap::new();
     let mut cells = Vec::new();
     let mut broker_versions = BTreeMap::new();
-    // A rate search judges each step against its latency target, not against a ceiling.
-    let measure_ceilings = scenario.ceiling && scenario.search.is_none();
+    'backends: for &backend in &backends {
+        // A rate search judges each step against its latency target, not against a ceiling.
+        if !scenario.ceiling || scenario.search.is_some() {
+            continue;
+        }
+        for &mode in &scenario.modes {
+            // As many ceiling runs as cell runs, and their median: one slow ceiling run must
+            // not move every efficiency figure of the backend.
+            let (mut measured, mut bare, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+            let mut failure = None;
+            'attempts: for attempt in 0..options.repeat.max(1) {
+                for fair in [true, false] {
+                    let id = format!(
+                        "{run_id}c{attempt}{}{}",
+                        mode.name().chars().next().unwrap_or('m'),
+                        if fair { "" } else { "-bare" }
+                    );
+                    match measure_ceiling(scenario, backend, mode, options, &id, fair, false) {
+                        Ok(figures) if fair => {
+                            measured.push(figures.msgs_per_sec);
+                            cpu.push(figures.cpu_us_per_msg);
+                        }
+                        Ok(figures) => bare.push(figures.msgs_per_sec),
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'attempts;
+                        }
+                    }
+                    if interrupted() {
+                        break 'attempts;
+                    }
+                }
+            }
+            if !bare.is_empty() {
+                bare_ceilings.insert((backend, mode), crate::metrics::model::median(&bare));
+            }
+            if !cpu.is_empty() {
+                ceiling_cpu.insert((backend, mode), crate::metrics::model::median(&cpu));
+            }
+            let unreachable = matches!(failure, Some(ceiling::CeilingError::Unreachable(_)));
+            if let Some(ceiling::CeilingError::Unreachable(e)) = &failure {
+                unreachable_backends.insert(backend, e.clone());
+            }
+            let value = match failure.map(|e| e.to_string()) {
+                Some(e) => {
+                    let e = crate::redact::text(&e);
+                    eprintln!("busbench: {backend}/{mode}: client ceiling failed: {e}");
+                    Err(e)
+                }
+                None => Ok(crate::metrics::model::median(&measured)),
+            };
+            ceilings.insert((backend, mode), value);
+            if unreachable || interrupted() {
+                continue 'backends;
+            }
+        }
+    }
     for &mode in &scenario.modes {
         for &backend in &backends {
+            let ceiling = ceilings
+                .get(&(backend, mode))
+                .and_then(|c| c.as_ref().ok().copied());
             if interrupted() {
                 break;
             }
@@ -291,36 +353,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 continue;
             }
             let mut runs = Vec::new();
-            let mut ceiling_failure = None;
             for attempt in 0..options.repeat.max(1) {
-                // Each run's ceiling is measured just before it, and the run's efficiency is
-                // taken against that one: a slower or faster spell of the machine moves both
-                // figures of the ratio, and the spread of the runs' efficiencies shows the
-                // ceiling's own noise as well as the bus's.
-                let mut paired = None;
-                if measure_ceilings
-                    && ceiling_failure.is_none()
-                    && !unreachable_backends.contains_key(&backend)
-                {
-                    let id = format!(
-                        "{run_id}c{attempt}{}",
-                        mode.name().chars().next().unwrap_or('m')
-                    );
-                    match paired_ceiling(scenario, backend, mode, options, &id) {
-                        Ok(figures) => paired = Some(figures),
-                        Err(error) => {
-                            if let ceiling::CeilingError::Unreachable(e) = &error {
-                                unreachable_backends.insert(backend, e.clone());
-                            }
-                            let error = crate::redact::text(&error.to_string());
-                            eprintln!("busbench: {backend}/{mode}: client ceiling failed: {error}");
-                            ceiling_failure = Some(error);
-                        }
-                    }
-                    if interrupted() {
-                        break;
-                    }
-                }
                 let run_id = format!("{run_id}r{attempt}");
                 let gate = StartGate {
                     at: start_at,
@@ -332,14 +365,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     mode,
                     options,
                     &run_id,
-                    paired.map(|p| p.ceiling.msgs_per_sec),
+                    ceiling,
                     unreachable_backends.get(&backend).map(String::as_str),
                     gate,
                 );
-                if let Some(paired) = paired {
-                    cell.bare_client_msgs_per_sec = paired.bare_msgs_per_sec;
-                    cell.ceiling_cpu_us_per_msg = Some(paired.ceiling.cpu_us_per_msg);
-                }
                 if let Some(barrier) = &barrier {
                     barrier.done(cell_number);
                 }
@@ -359,7 +388,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
             }
             let mut cell = representative(runs);
-            if let Some(error) = ceiling_failure
+            if let Some(Err(error)) = ceilings.get(&(backend, mode))
                 && cell.status != CellStatus::Interrupted
                 && !unreachable_backends.contains_key(&backend)
             {
@@ -367,6 +396,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     .push(format!("the client ceiling failed: {error}"));
                 cell.status = CellStatus::Failed;
             }
+            cell.bare_client_msgs_per_sec = bare_ceilings.get(&(backend, mode)).copied();
+            cell.ceiling_cpu_us_per_msg = ceiling_cpu.get(&(backend, mode)).copied();
             flag_suspect_efficiency(&mut cell);
             cells.push(cell);
         }
@@ -445,7 +476,6 @@ fn representative(mut runs: Vec<CellResult>) -> CellResult {
             .collect(),
         e2e_p99_us: runs.iter().map(|c| c.latency_us.e2e.p99).collect(),
         efficiency: runs.iter().filter_map(|c| c.efficiency).collect(),
-        ceiling_msgs_per_sec: runs.iter().filter_map(|c| c.ceiling_msgs_per_sec).collect(),
         allocations_per_msg: runs
             .iter()
             .filter_map(|c| c.work_per_msg.allocations)
@@ -526,45 +556,6 @@ pub fn publish_ceiling(
     let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
     let run_id = format!("{run_id}-publish");
     measure_ceiling(scenario, backend, Mode::Raw, options, &run_id, false, true)
-}
-
-/// The ceilings measured just before one run of a cell.
-#[derive(Debug, Clone, Copy)]
-struct PairedCeiling {
-    /// The client ceiling: the bus's efficiency in the run is taken against it.
-    ceiling: ceiling::CeilingFigures,
-    /// The bare client (no acks, no accounting), when it finished.
-    bare_msgs_per_sec: Option<f64>,
-}
-
-/// The client ceiling and the bare client of `backend` in `mode`, one run each.
-fn paired_ceiling(
-    scenario: &Scenario,
-    backend: BackendKind,
-    mode: Mode,
-    options: &RunOptions,
-    id: &str,
-) -> Result<PairedCeiling, ceiling::CeilingError> {
-    let ceiling = measure_ceiling(scenario, backend, mode, options, id, true, false)?;
-    if interrupted() {
-        return Ok(PairedCeiling {
-            ceiling,
-            bare_msgs_per_sec: None,
-        });
-    }
-    let bare = measure_ceiling(
-        scenario,
-        backend,
-        mode,
-        options,
-        &format!("{id}-bare"),
-        false,
-        false,
-    )?;
-    Ok(PairedCeiling {
-        ceiling,
-        bare_msgs_per_sec: Some(bare.msgs_per_sec),
-    })
 }
 
 /// One ceiling run of `backend` in `mode`: the client ceiling (`fair`) or the bare client,
