@@ -66,9 +66,10 @@ impl Headers {
         }
     }
 
-    /// A builder for `count` received headers, sized for typical ones (an envelope's average
-    /// 32 bytes of name and value each) so that they are copied in one pass: at most a regrowth
-    /// or two for longer ones, instead of a pass to measure them first.
+    /// A builder for `count` received headers, sized for typical ones (`TYPICAL_HEADER_BYTES`
+    /// of name and value each, a little above an envelope's average) so that they are copied
+    /// in one pass: at most a regrowth or two for longer ones, instead of a pass to measure
+    /// them first.
     pub fn builder_for(count: usize) -> HeadersBuilder {
         Headers::builder(count * TYPICAL_HEADER_BYTES)
     }
