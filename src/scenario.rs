@@ -352,6 +352,15 @@ pub struct Scenario {
     /// Most publishes awaiting their acknowledgement at once.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: NonZeroUsize,
+    /// Worker threads of the client's async runtime, which runs the bus, its handlers and
+    /// the harness (publishers, recorder) of a cell. 1 keeps every task on one thread: the
+    /// figures lose the cross-thread hand-offs (and their run-to-run placement noise), and a
+    /// cell can use one core at most.
+    #[serde(
+        default = "default_client_threads",
+        skip_serializing_if = "is_default_client_threads"
+    )]
+    pub client_threads: NonZeroUsize,
     /// Bound on one cell, such as `"120s"` or `"10m"`; a cell not finished by then fails.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -658,6 +667,14 @@ fn default_publishers() -> NonZeroU32 {
 }
 fn default_in_flight() -> NonZeroUsize {
     NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
+}
+/// The client runtime's worker threads unless a scenario sets `client_threads`.
+pub const DEFAULT_CLIENT_THREADS: usize = 2;
+fn default_client_threads() -> NonZeroUsize {
+    NonZeroUsize::new(DEFAULT_CLIENT_THREADS).unwrap_or(NonZeroUsize::MIN)
+}
+fn is_default_client_threads(threads: &NonZeroUsize) -> bool {
+    threads.get() == DEFAULT_CLIENT_THREADS
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(120)
@@ -1103,6 +1120,12 @@ impl Scenario {
             }
         }
         at_most(
+            "client_threads",
+            self.client_threads.get() as u64,
+            256,
+            "runtime worker threads",
+        )?;
+        at_most(
             "max_in_flight",
             self.max_in_flight.get() as u64,
             1_000_000,
@@ -1370,6 +1393,9 @@ impl Scenario {
         if !self.handler.service_time.is_zero() {
             workload["service_time"] =
                 serde_json::json!(format!("{:?}", self.handler.service_time));
+        }
+        if self.client_threads.get() != DEFAULT_CLIENT_THREADS {
+            workload["client_threads"] = serde_json::json!(self.client_threads);
         }
         if let Some(search) = &self.search {
             workload["search"] = serde_json::json!(format!(

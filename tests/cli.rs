@@ -201,3 +201,57 @@ fn the_schema_rejects_a_result_missing_a_required_key() {
     json.as_object_mut().unwrap().remove("cells");
     assert!(!validator.is_valid(&json));
 }
+
+/// The client runtime's worker threads come from `client_threads`: they exist before the bus
+/// is created, so a cell's thread baseline moves with them.
+#[test]
+fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |threads: usize| {
+        let scenario = dir.path().join(format!("threads-{threads}.toml"));
+        std::fs::write(
+            &scenario,
+            format!(
+                "name = \"threads-{threads}\"\nbackends = [\"memory\"]\nmodes = [\"raw\"]\n\
+                 messages = 5000\nclient_threads = {threads}\n"
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("out-{threads}"));
+        let output = busbench(&[
+            "run",
+            scenario.to_str().unwrap(),
+            "--repeat",
+            "2",
+            "--no-progress",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .expect("a result");
+        busbench::report::json::read(&std::fs::read(json).unwrap()).unwrap()
+    };
+    let (one, three) = (run(1), run(3));
+    let (one, three) = (&one.cells[0], &three.cells[0]);
+    assert_eq!(three.threads.baseline, one.threads.baseline + 2);
+    for cell in [one, three] {
+        assert_eq!(cell.threads.leaked, 0);
+        let repeats = cell.repeats.as_ref().expect("two runs");
+        assert_eq!(repeats.ceiling_msgs_per_sec.len(), 2, "one ceiling per run");
+        let median = busbench::metrics::model::median(&repeats.ceiling_msgs_per_sec);
+        assert_eq!(cell.ceiling_msgs_per_sec, Some(median));
+        assert_eq!(
+            cell.efficiency,
+            Some(cell.throughput.e2e_msgs_per_sec / median)
+        );
+    }
+}

@@ -280,7 +280,8 @@ pub struct CellResult {
     /// End-to-end throughput of the client alone (no bus) on the same broker and load,
     /// paying what the bus's guarantee and the harness need: NATS acks, Kafka commits at the
     /// bus's cadence, and the per-message accounting. The bus's efficiency is measured
-    /// against this.
+    /// against this. A repeated cell measures it before each of its runs and reports the
+    /// median.
     pub ceiling_msgs_per_sec: Option<f64>,
     /// End-to-end throughput of the bare client on the same broker and load: no acks, no
     /// commits, no accounting; the client's raw limit, shown beside the ceiling.
@@ -520,9 +521,14 @@ pub struct RepeatSpread {
     pub publish_msgs_per_sec: Vec<f64>,
     /// End-to-end p99 of each run, µs.
     pub e2e_p99_us: Vec<u64>,
-    /// Bus efficiency of each run (absent without a ceiling).
+    /// Bus efficiency of each run (absent without a ceiling): its end-to-end throughput
+    /// over the cell's client ceiling (the median of `ceiling_msgs_per_sec`).
     #[serde(default)]
     pub efficiency: Vec<f64>,
+    /// Each client ceiling run of the cell, msgs/s, one measured just before each run (absent
+    /// without a ceiling): the ceiling's own noise, beside the runs'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ceiling_msgs_per_sec: Vec<f64>,
     /// Heap allocations per message of each run (absent without the counting allocator).
     #[serde(default)]
     pub allocations_per_msg: Vec<f64>,

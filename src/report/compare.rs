@@ -449,7 +449,9 @@ pub fn compare(
             );
         }
     }
-    // Envelope against raw throughput of each backend: what the envelope path costs.
+    // Envelope against raw throughput of each backend: what the envelope path costs. The
+    // two cells ran at different times, so the ratio carries the noise of both: its noise is
+    // the sum of their runs' spreads.
     for base_raw in baseline.cells.iter().filter(|c| c.mode == Mode::Raw) {
         let envelope_of = |result: &RunResult, backend: BackendKind| {
             let pick = |mode: Mode| {
@@ -458,28 +460,31 @@ pub fn compare(
                     .iter()
                     .find(|c| c.backend == backend && c.mode == mode)
                     .map(|c| {
-                        median(&runs_or(
+                        runs_or(
                             c,
                             |r| r.e2e_msgs_per_sec.clone(),
                             Some(c.throughput.e2e_msgs_per_sec),
-                        ))
+                        )
                     })
             };
             match (pick(Mode::Envelope), pick(Mode::Raw)) {
-                (Some(envelope), Some(raw)) if raw > 0.0 => Some(envelope / raw),
+                (Some(envelope), Some(raw)) if median(&raw) > 0.0 => Some((
+                    median(&envelope) / median(&raw),
+                    spread_pct(&envelope) + spread_pct(&raw),
+                )),
                 _ => None,
             }
         };
-        if let (Some(was), Some(now)) = (
+        if let (Some((was, was_noise)), Some((now, now_noise))) = (
             envelope_of(baseline, base_raw.backend),
             envelope_of(current, base_raw.backend),
         ) {
-            comparison.push_change(
+            comparison.push_judged(
                 format!("{}/envelope÷raw", base_raw.backend),
                 "end-to-end msg/s ratio",
                 Kind::Ratio,
-                &[was],
-                &[now],
+                (was, now),
+                was_noise.max(now_noise),
                 thresholds,
             );
         }
@@ -516,12 +521,26 @@ impl Comparison {
         now_runs: &[f64],
         thresholds: &RegressionThresholds,
     ) {
-        let (base_value, now_value) = (median(base_runs), median(now_runs));
+        let values = (median(base_runs), median(now_runs));
+        let noise = spread_pct(base_runs).max(spread_pct(now_runs));
+        self.push_judged(cell, metric, kind, values, noise, thresholds);
+    }
+
+    /// Judges the change from `values.0` (the baseline's) to `values.1` (the current run's),
+    /// inside noise of `noise_pct` percent.
+    fn push_judged(
+        &mut self,
+        cell: String,
+        metric: &'static str,
+        kind: Kind,
+        (base_value, now_value): (f64, f64),
+        noise: f64,
+        thresholds: &RegressionThresholds,
+    ) {
         if base_value <= 0.0 {
             return;
         }
         let change_pct = (now_value - base_value) / base_value * 100.0;
-        let noise = spread_pct(base_runs).max(spread_pct(now_runs));
         let gated = match kind {
             Kind::Allocations => true,
             Kind::Ratio => self.ratios_gated || self.absolute_gated,

@@ -257,76 +257,14 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         None => scenario.backends.clone(),
     };
     let mut infrastructure_failure = false;
-    // Per backend and mode: the client ceiling carries the records of the mode's cells.
-    let mut ceilings: BTreeMap<(BackendKind, Mode), Result<f64, String>> = BTreeMap::new();
-    let mut ceiling_cpu: BTreeMap<(BackendKind, Mode), f64> = BTreeMap::new();
-    let mut bare_ceilings: BTreeMap<(BackendKind, Mode), f64> = BTreeMap::new();
     // Backends the ceiling found unreachable: their cells fail at once with that error.
     let mut unreachable_backends: BTreeMap<BackendKind, String> = BTreeMap::new();
     let mut cells = Vec::new();
     let mut broker_versions = BTreeMap::new();
-    'backends: for &backend in &backends {
-        // A rate search judges each step against its latency target, not against a ceiling.
-        if !scenario.ceiling || scenario.search.is_some() {
-            continue;
-        }
-        for &mode in &scenario.modes {
-            // As many ceiling runs as cell runs, and their median: one slow ceiling run must
-            // not move every efficiency figure of the backend.
-            let (mut measured, mut bare, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-            let mut failure = None;
-            'attempts: for attempt in 0..options.repeat.max(1) {
-                for fair in [true, false] {
-                    let id = format!(
-                        "{run_id}c{attempt}{}{}",
-                        mode.name().chars().next().unwrap_or('m'),
-                        if fair { "" } else { "-bare" }
-                    );
-                    match measure_ceiling(scenario, backend, mode, options, &id, fair, false) {
-                        Ok(figures) if fair => {
-                            measured.push(figures.msgs_per_sec);
-                            cpu.push(figures.cpu_us_per_msg);
-                        }
-                        Ok(figures) => bare.push(figures.msgs_per_sec),
-                        Err(e) => {
-                            failure = Some(e);
-                            break 'attempts;
-                        }
-                    }
-                    if interrupted() {
-                        break 'attempts;
-                    }
-                }
-            }
-            if !bare.is_empty() {
-                bare_ceilings.insert((backend, mode), crate::metrics::model::median(&bare));
-            }
-            if !cpu.is_empty() {
-                ceiling_cpu.insert((backend, mode), crate::metrics::model::median(&cpu));
-            }
-            let unreachable = matches!(failure, Some(ceiling::CeilingError::Unreachable(_)));
-            if let Some(ceiling::CeilingError::Unreachable(e)) = &failure {
-                unreachable_backends.insert(backend, e.clone());
-            }
-            let value = match failure.map(|e| e.to_string()) {
-                Some(e) => {
-                    let e = crate::redact::text(&e);
-                    eprintln!("busbench: {backend}/{mode}: client ceiling failed: {e}");
-                    Err(e)
-                }
-                None => Ok(crate::metrics::model::median(&measured)),
-            };
-            ceilings.insert((backend, mode), value);
-            if unreachable || interrupted() {
-                continue 'backends;
-            }
-        }
-    }
+    // A rate search judges each step against its latency target, not against a ceiling.
+    let measure_ceilings = scenario.ceiling && scenario.search.is_none();
     for &mode in &scenario.modes {
         for &backend in &backends {
-            let ceiling = ceilings
-                .get(&(backend, mode))
-                .and_then(|c| c.as_ref().ok().copied());
             if interrupted() {
                 break;
             }
@@ -353,7 +291,31 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 continue;
             }
             let mut runs = Vec::new();
+            let mut ceilings = CeilingSamples::default();
             for attempt in 0..options.repeat.max(1) {
+                // The ceiling runs are interleaved with the cell's runs, one before each, so
+                // that both sides of the efficiency see the same spells of a machine whose
+                // speed drifts (a shared core's neighbour, frequency changes).
+                if measure_ceilings
+                    && ceilings.failure.is_none()
+                    && !unreachable_backends.contains_key(&backend)
+                {
+                    let id = format!(
+                        "{run_id}c{attempt}{}",
+                        mode.name().chars().next().unwrap_or('m')
+                    );
+                    if let Err(error) = ceilings.measure(scenario, backend, mode, options, &id) {
+                        if let ceiling::CeilingError::Unreachable(e) = &error {
+                            unreachable_backends.insert(backend, e.clone());
+                        }
+                        let error = crate::redact::text(&error.to_string());
+                        eprintln!("busbench: {backend}/{mode}: client ceiling failed: {error}");
+                        ceilings.failure = Some(error);
+                    }
+                    if interrupted() {
+                        break;
+                    }
+                }
                 let run_id = format!("{run_id}r{attempt}");
                 let gate = StartGate {
                     at: start_at,
@@ -365,7 +327,6 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     mode,
                     options,
                     &run_id,
-                    ceiling,
                     unreachable_backends.get(&backend).map(String::as_str),
                     gate,
                 );
@@ -387,8 +348,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     break;
                 }
             }
+            ceilings.apply_to(&mut runs);
             let mut cell = representative(runs);
-            if let Some(Err(error)) = ceilings.get(&(backend, mode))
+            if let Some(error) = &ceilings.failure
                 && cell.status != CellStatus::Interrupted
                 && !unreachable_backends.contains_key(&backend)
             {
@@ -396,8 +358,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                     .push(format!("the client ceiling failed: {error}"));
                 cell.status = CellStatus::Failed;
             }
-            cell.bare_client_msgs_per_sec = bare_ceilings.get(&(backend, mode)).copied();
-            cell.ceiling_cpu_us_per_msg = ceiling_cpu.get(&(backend, mode)).copied();
+            if let Some(repeats) = &mut cell.repeats {
+                repeats.ceiling_msgs_per_sec = ceilings.fair.clone();
+            }
             flag_suspect_efficiency(&mut cell);
             cells.push(cell);
         }
@@ -476,6 +439,7 @@ fn representative(mut runs: Vec<CellResult>) -> CellResult {
             .collect(),
         e2e_p99_us: runs.iter().map(|c| c.latency_us.e2e.p99).collect(),
         efficiency: runs.iter().filter_map(|c| c.efficiency).collect(),
+        ceiling_msgs_per_sec: Vec::new(),
         allocations_per_msg: runs
             .iter()
             .filter_map(|c| c.work_per_msg.allocations)
@@ -537,9 +501,9 @@ pub fn flag_suspect_efficiency(cell: &mut CellResult) {
     }
 }
 
-fn new_runtime() -> tokio::runtime::Runtime {
+fn new_runtime(scenario: &Scenario) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(scenario.client_threads.get())
         .thread_keep_alive(Duration::from_millis(100))
         .enable_all()
         .build()
@@ -558,6 +522,60 @@ pub fn publish_ceiling(
     measure_ceiling(scenario, backend, Mode::Raw, options, &run_id, false, true)
 }
 
+/// The ceiling runs of one cell: a client ceiling and a bare client before each of its runs.
+#[derive(Debug, Default)]
+struct CeilingSamples {
+    /// The client ceiling of each attempt, msgs/s.
+    fair: Vec<f64>,
+    /// Client CPU time per message of each client ceiling run.
+    cpu: Vec<f64>,
+    /// The bare client of each attempt, msgs/s.
+    bare: Vec<f64>,
+    /// Why a ceiling run failed (redacted); no more are measured after one failed.
+    failure: Option<String>,
+}
+
+impl CeilingSamples {
+    /// Measures the client ceiling and then the bare client once each.
+    fn measure(
+        &mut self,
+        scenario: &Scenario,
+        backend: BackendKind,
+        mode: Mode,
+        options: &RunOptions,
+        id: &str,
+    ) -> Result<(), ceiling::CeilingError> {
+        let fair = measure_ceiling(scenario, backend, mode, options, id, true, false)?;
+        self.fair.push(fair.msgs_per_sec);
+        self.cpu.push(fair.cpu_us_per_msg);
+        if interrupted() {
+            return Ok(());
+        }
+        let bare_id = format!("{id}-bare");
+        let bare = measure_ceiling(scenario, backend, mode, options, &bare_id, false, false)?;
+        self.bare.push(bare.msgs_per_sec);
+        Ok(())
+    }
+
+    /// Sets the cell's ceiling figures on each of its runs: the median of the ceiling runs
+    /// (one slow ceiling run must not move every efficiency figure of the cell), and each
+    /// run's efficiency against it.
+    fn apply_to(&self, runs: &mut [CellResult]) {
+        use crate::metrics::model::median;
+        let ceiling = (!self.fair.is_empty()).then(|| median(&self.fair));
+        let bare = (!self.bare.is_empty()).then(|| median(&self.bare));
+        let cpu = (!self.cpu.is_empty()).then(|| median(&self.cpu));
+        for run in runs {
+            run.ceiling_msgs_per_sec = ceiling;
+            run.bare_client_msgs_per_sec = bare;
+            run.ceiling_cpu_us_per_msg = cpu;
+            run.efficiency = ceiling
+                .filter(|c| *c > 0.0)
+                .map(|c| run.throughput.e2e_msgs_per_sec / c);
+        }
+    }
+}
+
 /// One ceiling run of `backend` in `mode`: the client ceiling (`fair`) or the bare client,
 /// end to end or (`publish_only`) publishing alone.
 fn measure_ceiling(
@@ -570,7 +588,7 @@ fn measure_ceiling(
     publish_only: bool,
 ) -> Result<ceiling::CeilingFigures, ceiling::CeilingError> {
     let scenario = &scenario.for_backend(backend);
-    let runtime = new_runtime();
+    let runtime = new_runtime(scenario);
     let config = bus_config(scenario, backend, options);
     let load = ceiling::CeilingLoad {
         messages: scenario.total_messages(),
@@ -1185,14 +1203,13 @@ fn run_cell(
     mode: Mode,
     options: &RunOptions,
     run_id: &str,
-    ceiling: Option<f64>,
     known_unreachable: Option<&str>,
     gate: StartGate<'_>,
 ) -> (CellResult, Option<String>, bool) {
     let scenario = &scenario.for_backend(backend);
     release_freed_memory();
     reset_peak_rss();
-    let runtime = new_runtime();
+    let runtime = new_runtime(scenario);
     let handle = runtime.handle().clone();
     // The sampler thread exists before the baseline, so it is not counted as a leak.
     let sampler = progress::Sampler::start(handle.clone());
@@ -1369,10 +1386,10 @@ fn run_cell(
         } else {
             0.0
         },
-        ceiling_msgs_per_sec: ceiling,
+        ceiling_msgs_per_sec: None,
         bare_client_msgs_per_sec: None,
         ceiling_cpu_us_per_msg: None,
-        efficiency: ceiling.filter(|c| *c > 0.0).map(|c| e2e_rate / c),
+        efficiency: None,
         work_per_msg: measured.as_ref().map_or_else(Default::default, |m| {
             m.work.1.per_message_since(&m.work.0, received.distinct)
         }),

@@ -137,7 +137,6 @@ pub fn search_cell(
         mode,
         options,
         &format!("{run_id}w"),
-        None,
         known_unreachable,
         super::StartGate::default(),
     );
@@ -187,7 +186,6 @@ pub fn search_cell(
                     mode,
                     options,
                     &step_run_id,
-                    None,
                     known_unreachable,
                     super::StartGate::default(),
                 );
