@@ -29,6 +29,10 @@ cargo test --all-targets --locked
 #    on the same brokers; a change counts only when past its threshold and significant.
 cargo build --release --locked
 mkdir -p target/ci-results
+# How steady the machine is right now, for whoever reads a failing gate's log: on a shared
+# virtual machine the CPU's speed can halve for seconds, which moves figures taken at different
+# moments.
+./target/release/busbench steadiness --duration 5s
 gate=0
 ./target/release/busbench run scenarios/ci.toml --repeat 3 --no-progress \
     --out target/ci-results \

@@ -63,6 +63,10 @@ enum Command {
     /// each broker backend: the figure to hold against the brokers' own publish tools
     /// (`nats bench js pub async`, Kafka's `ProducerPerformance`) on the same machine.
     Ceiling(CeilingArgs),
+    /// Times one fixed piece of CPU work again and again and reports how much this machine's
+    /// speed moves: on a shared virtual machine it can halve for seconds at a time, which
+    /// moves every figure compared across moments. Exit 0 either way.
+    Steadiness(SteadinessArgs),
     /// Prints a shell completion script (install: see the README).
     Completions {
         /// The shell.
@@ -118,6 +122,16 @@ struct CeilingArgs {
     scenario: PathBuf,
     #[command(flatten)]
     brokers: BrokerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SteadinessArgs {
+    /// How long to measure, such as `10s` (1 s to 10 min).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_check_duration)]
+    duration: std::time::Duration,
+    /// Print the figures, every slice's time included, as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -544,6 +558,37 @@ fn parse_p99(text: &str) -> Result<std::time::Duration, String> {
     Ok(duration)
 }
 
+/// How long the steadiness check runs: 1 s to 10 min.
+fn parse_check_duration(text: &str) -> Result<std::time::Duration, String> {
+    use crate::steadiness::{MAX_DURATION, MIN_DURATION};
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (write a duration such as 10s)"))?;
+    if duration < MIN_DURATION || duration > MAX_DURATION {
+        return Err(format!(
+            "must be from {} to {}",
+            humantime::format_duration(MIN_DURATION),
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
+}
+
+fn steadiness(args: SteadinessArgs) -> i32 {
+    let measured = crate::steadiness::measure(args.duration);
+    if args.json {
+        match serde_json::to_string_pretty(&measured) {
+            Ok(json) => say(json),
+            Err(error) => {
+                eprintln!("error: writing JSON: {error}");
+                return EXIT_INFRASTRUCTURE;
+            }
+        }
+    } else {
+        say(format!("busbench steadiness: {}", measured.summary()));
+    }
+    EXIT_OK
+}
+
 /// The version line: the package version, the commit it was built from, and `-dirty` when
 /// tracked files had uncommitted changes.
 pub fn version_text() -> String {
@@ -584,6 +629,7 @@ pub fn main() -> i32 {
         Command::Ab(args) => ab(args),
         Command::Ceiling(args) => ceiling(args),
         Command::Merge(args) => merge(args),
+        Command::Steadiness(args) => steadiness(args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut command(), "busbench", &mut out);

@@ -15,6 +15,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shard;
+pub mod steadiness;
 
 /// The git commit this build came from (12 hex digits), with `-dirty` when tracked files had
 /// uncommitted changes at build time; `unknown` outside a git checkout.

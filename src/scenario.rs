@@ -606,7 +606,7 @@ pub struct RegressionThresholds {
     #[serde(default = "default_allocations_rise")]
     pub allocations_rise_pct: f64,
     /// Machine-free: largest allowed drop of a ratio taken within one run (bus efficiency,
-    /// envelope/raw throughput, handled/published throughput), percent.
+    /// envelope/raw efficiency or throughput, handled/published throughput), percent.
     #[serde(default = "default_ratio_drop")]
     pub ratio_drop_pct: f64,
     /// A/B: the largest Mann-Whitney p-value that counts as a significant change.

@@ -255,3 +255,34 @@ fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() 
         );
     }
 }
+
+#[test]
+fn steadiness_times_the_same_work_in_slices_and_refuses_a_bad_duration() {
+    let output = busbench(&["steadiness", "--duration", "1s", "--json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let slices = json["slice_ms"].as_array().expect("every slice's time");
+    // Slices of about 50 ms for a second, however slow the machine is at times.
+    assert!(slices.len() >= 5, "{json}");
+    let figure = |key: &str| json[key].as_f64().unwrap();
+    assert!(figure("fastest_ms") > 0.0);
+    assert!(figure("fastest_ms") <= figure("median_ms"));
+    assert!(figure("median_ms") <= figure("slowest_ms"));
+    assert!((figure("range") - figure("slowest_ms") / figure("fastest_ms")).abs() < 1e-9);
+    let text = busbench(&["steadiness", "--duration", "1s"]);
+    assert_eq!(text.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("slices of the same work"));
+    for bad in ["0s", "500ms", "11m", "soon"] {
+        let refused = busbench(&["steadiness", "--duration", bad]);
+        assert_eq!(refused.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("--duration"),
+            "{bad}"
+        );
+    }
+}

@@ -122,7 +122,8 @@ fn a_baseline_from_a_faster_or_slower_machine_gates_only_machine_free_figures() 
     assert!(comparison.regressed());
 }
 
-/// The memory backend's end-to-end runs of `mode` in `result`, each multiplied by its factor.
+/// The memory backend's runs of `mode` in `result` as if each ran at `factors` of its speed
+/// beside the same ceiling: end-to-end throughput and efficiency multiplied by its factor.
 fn scale_memory_runs(result: &mut RunResult, mode: &str, factors: &[f64]) {
     let cell = result
         .cells
@@ -131,7 +132,11 @@ fn scale_memory_runs(result: &mut RunResult, mode: &str, factors: &[f64]) {
         .expect("a memory cell");
     let repeats = cell.repeats.as_mut().expect("a repeated cell");
     assert_eq!(repeats.e2e_msgs_per_sec.len(), factors.len());
+    assert_eq!(repeats.efficiency.len(), factors.len());
     for (run, factor) in repeats.e2e_msgs_per_sec.iter_mut().zip(factors) {
+        *run *= factor;
+    }
+    for (run, factor) in repeats.efficiency.iter_mut().zip(factors) {
         *run *= factor;
     }
 }
@@ -168,6 +173,32 @@ fn an_envelope_to_raw_drop_inside_the_cells_noise_is_too_noisy_and_past_it_regre
     assert_eq!(
         envelope_ratio_verdict(&baseline, &noisy_raw),
         Verdict::Inconclusive
+    );
+}
+
+#[test]
+fn a_slow_spell_of_the_machine_during_one_mode_leaves_the_envelope_to_raw_ratio_alone() {
+    let baseline = committed_baseline();
+    // The envelope cell ran while the machine crawled at 30% of its speed: its throughput fell
+    // that much, and so did its ceilings, measured beside its runs; its efficiency held.
+    let mut slow_spell = baseline.clone();
+    let cell = slow_spell
+        .cells
+        .iter_mut()
+        .find(|c| c.backend.name() == "memory" && c.mode.name() == "envelope")
+        .expect("a memory cell");
+    cell.throughput.e2e_msgs_per_sec *= 0.3;
+    cell.ceiling_msgs_per_sec = cell.ceiling_msgs_per_sec.map(|c| c * 0.3);
+    let repeats = cell.repeats.as_mut().expect("a repeated cell");
+    repeats.e2e_msgs_per_sec.iter_mut().for_each(|v| *v *= 0.3);
+    repeats
+        .ceiling_msgs_per_sec
+        .iter_mut()
+        .for_each(|v| *v *= 0.3);
+    assert_eq!(
+        envelope_ratio_verdict(&baseline, &slow_spell),
+        Verdict::Ok,
+        "a 70% drop of the throughputs' ratio, from the machine alone"
     );
 }
 

@@ -12,7 +12,7 @@ use comfy_table::{CellAlignment, Table};
 use crate::metrics::model::{
     CellResult, CellStatus, RepeatSpread, RunResult, SCHEMA_VERSION, median,
 };
-use crate::scenario::{BackendKind, Mode, RegressionThresholds};
+use crate::scenario::{Mode, RegressionThresholds};
 
 /// Why two results cannot be compared.
 #[derive(Debug, thiserror::Error)]
@@ -449,25 +449,24 @@ pub fn compare(
             );
         }
     }
-    // Envelope against raw throughput of each backend: what the envelope path costs. The
-    // two cells ran at different times, so the ratio carries the noise of both: its noise is
-    // the sum of their runs' spreads.
+    // Envelope against raw of each backend: what the envelope path costs. The two cells ran at
+    // different moments, and a machine's speed drifts between them, so when both results have
+    // ceilings the ratio is taken between the two cells' efficiencies (each against a ceiling
+    // measured beside it, so the speed at either moment cancels); otherwise between their
+    // end-to-end throughputs. Either way it carries the noise of both cells: the sum of their
+    // runs' spreads.
     for base_raw in baseline.cells.iter().filter(|c| c.mode == Mode::Raw) {
-        let envelope_of = |result: &RunResult, backend: BackendKind| {
-            let pick = |mode: Mode| {
+        let backend = base_raw.backend;
+        let pair = |result: &RunResult, figure: RunValues| {
+            let runs = |mode: Mode| {
                 result
                     .cells
                     .iter()
                     .find(|c| c.backend == backend && c.mode == mode)
-                    .map(|c| {
-                        runs_or(
-                            c,
-                            |r| r.e2e_msgs_per_sec.clone(),
-                            Some(c.throughput.e2e_msgs_per_sec),
-                        )
-                    })
+                    .map(figure)
+                    .filter(|runs| !runs.is_empty())
             };
-            match (pick(Mode::Envelope), pick(Mode::Raw)) {
+            match (runs(Mode::Envelope), runs(Mode::Raw)) {
                 (Some(envelope), Some(raw)) if median(&raw) > 0.0 => Some((
                     median(&envelope) / median(&raw),
                     spread_pct(&envelope) + spread_pct(&raw),
@@ -475,13 +474,26 @@ pub fn compare(
                 _ => None,
             }
         };
-        if let (Some((was, was_noise)), Some((now, now_noise))) = (
-            envelope_of(baseline, base_raw.backend),
-            envelope_of(current, base_raw.backend),
-        ) {
-            comparison.push_judged(
-                format!("{}/envelope÷raw", base_raw.backend),
+        let efficiency: RunValues = |c| runs_or(c, |r| r.efficiency.clone(), c.efficiency);
+        let throughput: RunValues = |c| {
+            runs_or(
+                c,
+                |r| r.e2e_msgs_per_sec.clone(),
+                Some(c.throughput.e2e_msgs_per_sec),
+            )
+        };
+        let (metric, was, now) = match (pair(baseline, efficiency), pair(current, efficiency)) {
+            (Some(was), Some(now)) => ("bus efficiency ratio", Some(was), Some(now)),
+            _ => (
                 "end-to-end msg/s ratio",
+                pair(baseline, throughput),
+                pair(current, throughput),
+            ),
+        };
+        if let (Some((was, was_noise)), Some((now, now_noise))) = (was, now) {
+            comparison.push_judged(
+                format!("{backend}/envelope÷raw"),
+                metric,
                 Kind::Ratio,
                 (was, now),
                 was_noise.max(now_noise),
