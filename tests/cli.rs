@@ -233,12 +233,7 @@ fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() 
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let json = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .expect("a result");
-        busbench::report::json::read(&std::fs::read(json).unwrap()).unwrap()
+        common::only_result(&out)
     };
     let (one, three) = (run(1), run(3));
     let (one, three) = (&one.cells[0], &three.cells[0]);

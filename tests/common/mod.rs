@@ -81,3 +81,14 @@ pub fn result_schema() -> jsonschema::Validator {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     jsonschema::validator_for(&schema).expect("the schema itself is valid")
 }
+
+/// The result a `busbench run --out DIR` wrote: the one JSON file in `dir`.
+pub fn only_result(dir: &std::path::Path) -> busbench::metrics::model::RunResult {
+    let path = std::fs::read_dir(dir)
+        .expect("the output folder")
+        .map(|entry| entry.expect("a folder entry").path())
+        .find(|path| path.extension().is_some_and(|e| e == "json"))
+        .expect("a result");
+    busbench::report::json::read(&std::fs::read(path).expect("the result file"))
+        .expect("a valid result")
+}
