@@ -421,8 +421,9 @@ pub struct TimelineSummary {
     pub steady_offered_per_sec: f64,
     /// The largest backlog at the end of any second.
     pub peak_backlog: u64,
-    /// Least-squares slope of the backlog over the seconds in which messages were offered,
-    /// messages per second.
+    /// Least-squares slope of the backlog over the seconds in which messages were offered
+    /// (a last one that carried less than half a second's load left out: it is mostly
+    /// drain), messages per second.
     pub backlog_slope_per_sec: f64,
     /// Whether the backlog kept growing while messages were offered: its trend rose, over
     /// those seconds, by more than a tenth of one second's offered load. A growing backlog

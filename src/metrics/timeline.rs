@@ -230,9 +230,18 @@ pub fn summarise(timeline: &[TimelineSecond]) -> Option<TimelineSummary> {
     handled.sort_by(f64::total_cmp);
     let steady_handled_per_sec = handled[handled.len() / 2];
     let mean_offered = steady.iter().map(|s| s.offered as f64).sum::<f64>() / steady.len() as f64;
-    let slope = slope(&offered);
-    let backlog_growing = offered.len() >= 2
-        && slope * (offered.len() - 1) as f64 > BACKLOG_GROWTH_SHARE * mean_offered;
+    // The trend runs over the seconds of load. A last second that carried less than half a
+    // second's load is mostly drain (sending stopped early in it, handling went on), and its
+    // falling backlog would tilt the trend of a run that fell behind every second before it.
+    let trend: &[&TimelineSecond] = match offered.split_last() {
+        Some((last, before)) if before.len() >= 2 && (last.offered as f64) < mean_offered / 2.0 => {
+            before
+        }
+        _ => &offered,
+    };
+    let slope = slope(trend);
+    let backlog_growing =
+        trend.len() >= 2 && slope * (trend.len() - 1) as f64 > BACKLOG_GROWTH_SHARE * mean_offered;
     Some(TimelineSummary {
         steady_handled_per_sec,
         steady_offered_per_sec: mean_offered,
@@ -336,6 +345,33 @@ mod tests {
         assert!(behind.backlog_growing);
         assert_eq!(behind.peak_backlog, 1800);
         assert!((behind.backlog_slope_per_sec - 300.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_last_second_of_drain_does_not_hide_a_backlog_that_grew() {
+        // Two full seconds at 1,600 msg/s handled at 1,000, then the schedule's last two
+        // messages a moment into a third second, in which the handlers drained the backlog.
+        let timeline: Vec<TimelineSecond> = [(1598, 604), (1600, 1204), (2, 207), (0, 0)]
+            .iter()
+            .enumerate()
+            .map(|(second, &(offered, backlog))| TimelineSecond {
+                second: second as u32,
+                offered,
+                acknowledged: offered,
+                handled: 1000,
+                backlog,
+                e2e_p50_us: Some(1000),
+                e2e_p99_us: Some(2000),
+            })
+            .collect();
+        let summary = summarise(&timeline).unwrap();
+        assert!(summary.backlog_growing, "{summary:?}");
+        assert!((summary.backlog_slope_per_sec - 600.0).abs() < 1e-9);
+        // A last second with most of a second's load stays in the trend.
+        let mut held = timeline.clone();
+        held[2].offered = 1000;
+        let summary = summarise(&held).unwrap();
+        assert!((summary.backlog_slope_per_sec - (207.0 - 604.0) / 2.0).abs() < 1e-9);
     }
 
     #[test]
