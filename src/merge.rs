@@ -473,6 +473,11 @@ fn merge_cell(
         search: None,
         measured_from: earliest,
         start_late_ms: largest(|c| c.start_late_ms),
+        warmup_messages: present
+            .iter()
+            .map(|(_, c)| c.warmup_messages)
+            .sum::<Option<u64>>(),
+        warmup_ms: largest(|c| c.warmup_ms),
         quiet_wait_ms: largest(|c| c.quiet_wait_ms),
         busy_at_start: largest(|c| c.busy_at_start),
         shards: parts

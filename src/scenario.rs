@@ -287,8 +287,8 @@ impl Default for Thresholds {
 /// rate (and the per-broker rates), the in-flight window, whether ceilings are measured, the
 /// Kafka properties (secret ones left out), NATS storage and replicas, and the faults. Not:
 /// the name, description, backends and modes (cells are matched one by one), the timeout,
-/// thresholds, regression limits or credentials. The handler's service time and the rate
-/// search are covered when set (a scenario without them hashes as before they existed).
+/// thresholds, regression limits or credentials. The handler's service time, the client's
+/// threads, the warm-up's duration and the rate search are covered when set (a scenario without them hashes as before they existed).
 /// Bumped whenever that list changes for existing scenarios, so that a baseline hashed under
 /// another list is told apart from a different workload.
 pub const WORKLOAD_HASH_VERSION: u32 = 1;
@@ -331,6 +331,18 @@ pub struct Scenario {
     /// Messages sent and received before measuring, per cell.
     #[serde(default)]
     pub warmup: u64,
+    /// How long the warm-up offers the cell's load before measuring, such as `"2s"`: at the
+    /// cell's target rate (as fast as the in-flight window allows when it has none), and at
+    /// least `warmup` messages. A fresh client on fresh topics can be slow in its first
+    /// second of load (a Kafka producer here stalls for 50 to 190 ms, which a few hundred
+    /// messages sent at once do not absorb); warming up at the measured rate keeps that out
+    /// of the measured phase. Not set: the warm-up is `warmup` messages, sent at once.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warmup_duration: Option<Duration>,
     /// Topics the messages are spread over.
     #[serde(default = "default_topics")]
     pub topics: NonZeroU32,
@@ -1073,6 +1085,34 @@ impl Scenario {
             MAX_MESSAGES,
             "the same bound as messages",
         )?;
+        if let Some(warmup_duration) = self.warmup_duration {
+            if warmup_duration.is_zero() {
+                return Err(fail(
+                    None,
+                    "warmup_duration",
+                    "must be longer than 0, such as \"2s\" (leave it out for a warm-up of \
+                     `warmup` messages only)"
+                        .into(),
+                ));
+            }
+            if warmup_duration >= self.timeout {
+                return Err(fail(
+                    None,
+                    "warmup_duration",
+                    format!(
+                        "{} is not shorter than the cell's timeout of {}",
+                        humantime::format_duration(warmup_duration),
+                        humantime::format_duration(self.timeout)
+                    ),
+                ));
+            }
+            at_most(
+                "warmup_duration",
+                self.warmup_messages(),
+                MAX_MESSAGES,
+                "rate x warmup_duration, the same bound as messages",
+            )?;
+        }
         at_most(
             "topics",
             self.topics.get().into(),
@@ -1333,6 +1373,18 @@ impl Scenario {
         scenario
     }
 
+    /// Warm-up messages sent per cell when their number is known before the warm-up: `warmup`,
+    /// or rate x `warmup_duration` when that is more (a cell without a rate warms up for its
+    /// duration as fast as it can, so sends `warmup` at least and an unknown number more).
+    pub fn warmup_messages(&self) -> u64 {
+        match self.warmup_duration {
+            Some(duration) if self.rate > 0 => self
+                .warmup
+                .max((self.rate as f64 * duration.as_secs_f64()).ceil() as u64),
+            _ => self.warmup,
+        }
+    }
+
     /// Messages sent per cell (for a duration: rate x duration).
     pub fn total_messages(&self) -> u64 {
         match self.workload() {
@@ -1393,6 +1445,9 @@ impl Scenario {
         if !self.handler.service_time.is_zero() {
             workload["service_time"] =
                 serde_json::json!(format!("{:?}", self.handler.service_time));
+        }
+        if let Some(warmup_duration) = self.warmup_duration {
+            workload["warmup_duration"] = serde_json::json!(format!("{warmup_duration:?}"));
         }
         if self.client_threads.get() != DEFAULT_CLIENT_THREADS {
             workload["client_threads"] = serde_json::json!(self.client_threads);
@@ -1662,6 +1717,52 @@ significance = 0.05
 
     fn error(text: &str) -> ScenarioError {
         parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_warm_up_duration_sends_the_cells_rate_for_that_long_and_at_least_warmup() {
+        let plain = parse(&format!("{GOOD}warmup = 300\n")).unwrap();
+        assert_eq!(
+            (plain.warmup_duration, plain.warmup_messages()),
+            (None, 300)
+        );
+        let paced = parse(&GOOD.replace(
+            "messages = 1000",
+            "duration = \"5s\"\nrate = 2500\nwarmup = 300\nwarmup_duration = \"2s\"",
+        ))
+        .unwrap();
+        assert_eq!(paced.warmup_duration, Some(Duration::from_secs(2)));
+        assert_eq!(paced.warmup_messages(), 5000);
+        let few = Scenario {
+            warmup: 9000,
+            ..paced.clone()
+        };
+        assert_eq!(few.warmup_messages(), 9000, "warmup is the floor");
+        // Without a rate, the number is not known before the warm-up: `warmup` at least.
+        let flat_out = parse(&format!("{GOOD}warmup = 300\nwarmup_duration = \"1s\"\n")).unwrap();
+        assert_eq!(flat_out.warmup_messages(), 300);
+        // The hash moves with the warm-up's duration, and only when it is set.
+        assert_ne!(
+            paced.workload_hash(),
+            Scenario {
+                warmup_duration: None,
+                ..paced.clone()
+            }
+            .workload_hash()
+        );
+        for (bad, why) in [
+            ("\"0s\"", "longer than 0"),
+            ("\"10m\"", "timeout"),
+            ("\"soon\"", ""),
+        ] {
+            let e = error(&format!("{GOOD}warmup_duration = {bad}\n"));
+            assert_eq!(
+                (e.line, e.key.as_str()),
+                (7, "warmup_duration"),
+                "{bad}: {e}"
+            );
+            assert!(e.message.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -46,6 +46,11 @@ fn out_of_bounds_numbers_exit_2_naming_file_line_and_key() {
         ),
         ("messages = 100\nwarmup = 9000000000000\n", 5, "warmup"),
         ("messages = 100\npublishers = 4000000000\n", 5, "publishers"),
+        (
+            "messages = 100\nwarmup_duration = \"0s\"\n",
+            5,
+            "warmup_duration",
+        ),
         ("messages = 100\nclient_threads = 0\n", 5, "client_threads"),
         (
             "messages = 100\nclient_threads = 1000\n",

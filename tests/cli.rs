@@ -208,32 +208,15 @@ fn the_schema_rejects_a_result_missing_a_required_key() {
 fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = |threads: usize| {
-        let scenario = dir.path().join(format!("threads-{threads}.toml"));
-        std::fs::write(
-            &scenario,
-            format!(
+        common::run_scenario_ok(
+            dir.path(),
+            &format!("threads-{threads}"),
+            &format!(
                 "name = \"threads-{threads}\"\nbackends = [\"memory\"]\nmodes = [\"raw\"]\n\
                  messages = 5000\nclient_threads = {threads}\n"
             ),
+            &["--repeat", "2"],
         )
-        .unwrap();
-        let out = dir.path().join(format!("out-{threads}"));
-        let output = busbench(&[
-            "run",
-            scenario.to_str().unwrap(),
-            "--repeat",
-            "2",
-            "--no-progress",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        common::only_result(&out)
     };
     let (one, three) = (run(1), run(3));
     let (one, three) = (&one.cells[0], &three.cells[0]);
@@ -250,6 +233,48 @@ fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() 
         let efficiency = cell.efficiency.expect("an efficiency");
         let expected = cell.throughput.e2e_msgs_per_sec / ceiling;
         assert!(close(efficiency, expected), "{efficiency} vs {expected}");
+    }
+}
+
+#[test]
+fn a_warm_up_duration_offers_the_cells_rate_for_that_long_before_measuring() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, work: &str| {
+        common::run_scenario_ok(
+            dir.path(),
+            name,
+            &format!(
+                "name = \"{name}\"\nbackends = [\"memory\"]\nmodes = [\"raw\", \"envelope\"]\n\
+                 ceiling = false\nwarmup = 10\n{work}\n"
+            ),
+            &[],
+        )
+    };
+    // At a rate: rate x duration messages, the last one due 1 s - 1/4000 s after the first.
+    let paced = run(
+        "paced",
+        "duration = \"1s\"\nrate = 4000\nwarmup_duration = \"1s\"",
+    );
+    // Without a rate: as fast as it goes, for at least the duration.
+    let flat_out = run("flat-out", "messages = 2000\nwarmup_duration = \"300ms\"");
+    // Without a duration: the `warmup` messages, at once.
+    let counted = run("counted", "messages = 2000");
+    for cell in &paced.cells {
+        assert_eq!(cell.warmup_messages, Some(4000), "{}", cell.mode);
+        assert!(cell.warmup_ms.unwrap() >= 999.75, "{:?}", cell.warmup_ms);
+        assert_eq!(cell.received, 4000, "the warm-up is not measured");
+    }
+    for cell in &flat_out.cells {
+        assert!(
+            cell.warmup_messages.unwrap() > 10,
+            "{:?}",
+            cell.warmup_messages
+        );
+        assert!(cell.warmup_ms.unwrap() >= 300.0, "{:?}", cell.warmup_ms);
+        assert_eq!(cell.received, 2000);
+    }
+    for cell in &counted.cells {
+        assert_eq!(cell.warmup_messages, Some(10));
     }
 }
 

@@ -89,6 +89,8 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
         search: None,
         measured_from: None,
         start_late_ms: None,
+        warmup_messages: None,
+        warmup_ms: None,
         quiet_wait_ms: None,
         busy_at_start: None,
         shards: Vec::new(),

@@ -333,6 +333,15 @@ pub struct CellResult {
     /// when the process started. Absent without `--start-at`, and for cells after the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_late_ms: Option<f64>,
+    /// Warm-up messages sent and handled before the measured phase (`warmup`, or those of
+    /// `warmup_duration`); merged: the sum over the shards. Absent for a cell that never got
+    /// that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_messages: Option<u64>,
+    /// How long the warm-up took, from its first send until its last message was handled, ms
+    /// (monotonic clock); merged: the longest of the shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ms: Option<f64>,
     /// How long the cell waited, after its warm-up, for a quiet machine before measuring, ms:
     /// the file system's dirty pages written out (`sync`), then CPU samples until the
     /// machine's CPUs were at most 15% busy (up to 3 s). Absent for the memory backend (no

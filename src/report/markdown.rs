@@ -79,7 +79,7 @@ impl Exporter for MarkdownExporter {
         writeln!(out)?;
         writeln!(
             out,
-            "{} per cell ({} warm-up), {} topics, {} Kafka partitions, {} aggregates, \
+            "{} per cell ({}), {} topics, {} Kafka partitions, {} aggregates, \
              {}-byte payloads, {} publishers, {} in flight, rate {}, timeout {}. \
              Scenario hash `{}`, file `{}`.",
             match scenario.workload() {
@@ -91,7 +91,14 @@ impl Exporter for MarkdownExporter {
                 }
                 _ => format!("{} messages", scenario.total_messages()),
             },
-            scenario.warmup,
+            match scenario.warmup_duration {
+                Some(duration) => format!(
+                    "{} of warm-up at the cell's rate, at least {} messages",
+                    humantime::format_duration(duration),
+                    scenario.warmup
+                ),
+                None => format!("{} warm-up", scenario.warmup),
+            },
             scenario.topics,
             scenario.partitions,
             scenario.aggregates,

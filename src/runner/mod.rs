@@ -642,6 +642,8 @@ struct Measured {
     measured_from: chrono::DateTime<chrono::Utc>,
     /// How long after the start time (`--start-at`) the measured phase began, ms.
     start_late_ms: Option<f64>,
+    /// Warm-up messages sent and handled, and how long that took (ms).
+    warm_up: (u64, f64),
     /// The wait for a quiet machine before the measured phase (broker cells).
     quiet: Option<resources::QuietStart>,
     /// The shards' barrier was gone when this cell reached it.
@@ -965,10 +967,29 @@ async fn measure(
         .map_err(CellFailure::failed)?;
     // Warm-up: messages outside the measurement, all handled before measuring starts.
     // Sent within the cell's in-flight window, not one acknowledgement at a time: a broker that
-    // batches (Kafka's linger) would otherwise take seconds for a few hundred messages.
+    // batches (Kafka's linger) would otherwise take seconds for a few hundred messages. With a
+    // warm-up duration, the messages go out on the cell's schedule (its rate) for that long,
+    // or as fast as the window allows for that long when the cell has no rate.
     let warm_up = async {
-        let mut sends = futures::stream::iter(0..scenario.warmup)
+        let began = tokio::time::Instant::now();
+        // Messages always sent, and how long to go on sending after them (as fast as the
+        // window allows) when their number is not known before the warm-up.
+        let (paced, count, for_at_least) = match scenario.warmup_duration {
+            Some(_) if scenario.rate > 0 => (true, scenario.warmup_messages(), Duration::ZERO),
+            Some(duration) => (false, scenario.warmup, duration),
+            None => (false, scenario.warmup, Duration::ZERO),
+        };
+        let mut sends = futures::stream::iter(0..)
+            .take_while(move |&seq| {
+                futures::future::ready(seq < count || began.elapsed() < for_at_least)
+            })
             .map(|seq| async move {
+                if paced {
+                    let due = Duration::from_nanos(
+                        (seq as u128 * 1_000_000_000 / u128::from(scenario.rate)) as u64,
+                    );
+                    tokio::time::sleep_until(began + due).await;
+                }
                 let topic = &topics[(seq % topics.len() as u64) as usize];
                 let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
                 match mode {
@@ -990,12 +1011,12 @@ async fn measure(
                 tokio::task::yield_now().await;
             }
         }
-        while recorder.warmup_received() < scenario.warmup {
+        while recorder.warmup_received() < done {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok::<(), String>(())
+        Ok::<_, String>((done, began.elapsed().as_secs_f64() * 1000.0))
     };
-    bounded(deadline, warm_up)
+    let warm_up = bounded(deadline, warm_up)
         .await
         .map_err(|cut| CellFailure::cut(cut, "warm-up", timeout))?
         .map_err(CellFailure::failed)?;
@@ -1191,6 +1212,7 @@ async fn measure(
         acknowledged_per_second,
         measured_from,
         start_late_ms,
+        warm_up,
         quiet,
         barrier_lost,
     })
@@ -1405,6 +1427,8 @@ fn run_cell(
         search: None,
         measured_from: measured.as_ref().map(|m| m.measured_from),
         start_late_ms: measured.as_ref().and_then(|m| m.start_late_ms),
+        warmup_messages: measured.as_ref().map(|m| m.warm_up.0),
+        warmup_ms: measured.as_ref().map(|m| m.warm_up.1),
         quiet_wait_ms: measured.as_ref().and_then(|m| m.quiet.map(|q| q.waited_ms)),
         busy_at_start: measured
             .as_ref()

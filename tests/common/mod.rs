@@ -92,3 +92,32 @@ pub fn only_result(dir: &std::path::Path) -> busbench::metrics::model::RunResult
     busbench::report::json::read(&std::fs::read(path).expect("the result file"))
         .expect("a valid result")
 }
+
+/// Writes `text` as scenario `name` in `dir`, runs it with `extra` arguments into a folder of
+/// its own, asserts that it exited 0 and returns its result.
+pub fn run_scenario_ok(
+    dir: &std::path::Path,
+    name: &str,
+    text: &str,
+    extra: &[&str],
+) -> busbench::metrics::model::RunResult {
+    let scenario = dir.join(format!("{name}.toml"));
+    std::fs::write(&scenario, text).expect("writing the scenario");
+    let out = dir.join(format!("out-{name}"));
+    let mut args = vec![
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = busbench(&args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    only_result(&out)
+}
