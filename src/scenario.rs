@@ -288,7 +288,8 @@ impl Default for Thresholds {
 /// Kafka properties (secret ones left out), NATS storage and replicas, and the faults. Not:
 /// the name, description, backends and modes (cells are matched one by one), the timeout,
 /// thresholds, regression limits or credentials. The handler's service time, the client's
-/// threads, the warm-up's duration and the rate search are covered when set (a scenario without them hashes as before they existed).
+/// threads, the warm-up's duration and the rate search are covered when set (a scenario
+/// without them hashes as before they existed).
 /// Bumped whenever that list changes for existing scenarios, so that a baseline hashed under
 /// another list is told apart from a different workload.
 pub const WORKLOAD_HASH_VERSION: u32 = 1;

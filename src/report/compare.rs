@@ -246,6 +246,20 @@ fn runs_or(
     }
 }
 
+/// A cell's bus efficiency, one value per run.
+fn efficiency_runs(cell: &CellResult) -> Vec<f64> {
+    runs_or(cell, |r| r.efficiency.clone(), cell.efficiency)
+}
+
+/// A cell's end-to-end throughput, one value per run.
+fn throughput_runs(cell: &CellResult) -> Vec<f64> {
+    runs_or(
+        cell,
+        |r| r.e2e_msgs_per_sec.clone(),
+        Some(cell.throughput.e2e_msgs_per_sec),
+    )
+}
+
 /// The metrics compared per cell.
 fn cell_metrics() -> [(&'static str, Kind, RunValues); 10] {
     [
@@ -263,9 +277,7 @@ fn cell_metrics() -> [(&'static str, Kind, RunValues); 10] {
                 c.work_per_msg.allocated_bytes,
             )
         }),
-        ("bus efficiency", Kind::Ratio, |c| {
-            runs_or(c, |r| r.efficiency.clone(), c.efficiency)
-        }),
+        ("bus efficiency", Kind::Ratio, efficiency_runs),
         ("handled/published", Kind::Ratio, |c| {
             let ratio = |e2e: f64, publish: f64| (publish > 0.0).then(|| e2e / publish);
             match &c.repeats {
@@ -283,13 +295,7 @@ fn cell_metrics() -> [(&'static str, Kind, RunValues); 10] {
                 .collect(),
             }
         }),
-        ("end-to-end msg/s", Kind::Throughput, |c| {
-            runs_or(
-                c,
-                |r| r.e2e_msgs_per_sec.clone(),
-                Some(c.throughput.e2e_msgs_per_sec),
-            )
-        }),
+        ("end-to-end msg/s", Kind::Throughput, throughput_runs),
         ("max msg/s at p99 target", Kind::Throughput, |c| {
             c.max_rate_at_p99_target()
                 .map(|rate| rate as f64)
@@ -474,14 +480,7 @@ pub fn compare(
                 _ => None,
             }
         };
-        let efficiency: RunValues = |c| runs_or(c, |r| r.efficiency.clone(), c.efficiency);
-        let throughput: RunValues = |c| {
-            runs_or(
-                c,
-                |r| r.e2e_msgs_per_sec.clone(),
-                Some(c.throughput.e2e_msgs_per_sec),
-            )
-        };
+        let (efficiency, throughput): (RunValues, RunValues) = (efficiency_runs, throughput_runs);
         let (metric, was, now) = match (pair(baseline, efficiency), pair(current, efficiency)) {
             (Some(was), Some(now)) => ("bus efficiency ratio", Some(was), Some(now)),
             _ => (
@@ -539,7 +538,7 @@ impl Comparison {
     }
 
     /// Judges the change from `values.0` (the baseline's) to `values.1` (the current run's),
-    /// inside noise of `noise_pct` percent.
+    /// inside noise of `noise` percent.
     fn push_judged(
         &mut self,
         cell: String,

@@ -349,7 +349,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
             }
             ceilings.apply_to(&mut runs);
-            let mut cell = representative(runs);
+            let mut cell = representative(runs, &ceilings.fair);
             if let Some(error) = &ceilings.failure
                 && cell.status != CellStatus::Interrupted
                 && !unreachable_backends.contains_key(&backend)
@@ -357,9 +357,6 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 cell.failures
                     .push(format!("the client ceiling failed: {error}"));
                 cell.status = CellStatus::Failed;
-            }
-            if let Some(repeats) = &mut cell.repeats {
-                repeats.ceiling_msgs_per_sec = ceilings.fair.clone();
             }
             flag_suspect_efficiency(&mut cell);
             cells.push(cell);
@@ -426,8 +423,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
 
 /// The run reported for a repeated cell: the first failed run if any failed (a failure is
 /// never hidden by a median), otherwise the run with the median end-to-end throughput; with
-/// the figures of every run attached.
-fn representative(mut runs: Vec<CellResult>) -> CellResult {
+/// the figures of every run attached, and every ceiling run measured beside them.
+fn representative(mut runs: Vec<CellResult>, ceiling_runs: &[f64]) -> CellResult {
     if runs.len() == 1 {
         return runs.pop().expect("one run");
     }
@@ -439,7 +436,7 @@ fn representative(mut runs: Vec<CellResult>) -> CellResult {
             .collect(),
         e2e_p99_us: runs.iter().map(|c| c.latency_us.e2e.p99).collect(),
         efficiency: runs.iter().filter_map(|c| c.efficiency).collect(),
-        ceiling_msgs_per_sec: Vec::new(),
+        ceiling_msgs_per_sec: ceiling_runs.to_vec(),
         allocations_per_msg: runs
             .iter()
             .filter_map(|c| c.work_per_msg.allocations)
