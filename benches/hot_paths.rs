@@ -35,7 +35,7 @@ fn envelope(c: &mut Criterion) {
     group.bench_function("to_headers", |b| b.iter(|| black_box(&event).headers()));
     let message = Message {
         topic: Arc::from("orders"),
-        key: Some(Arc::from(event.aggregate_id.as_str())),
+        key: Some(event.aggregate_id.clone()),
         headers: event.headers(),
         payload: event.payload.clone(),
         attempt: 1,

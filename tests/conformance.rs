@@ -125,13 +125,16 @@ async fn envelope_validation(backend: &str) {
     let valid = Envelope::new("a-1", "Created", 1, Bytes::from_static(b"{}"));
     type Breaker = fn(&mut Envelope);
     let cases: [(Breaker, EnvelopeError); 5] = [
-        (|e| e.event_id.clear(), EnvelopeError::EmptyEventId),
-        (|e| e.aggregate_id.clear(), EnvelopeError::EmptyAggregateId),
+        (|e| e.event_id = "".into(), EnvelopeError::EmptyEventId),
+        (
+            |e| e.aggregate_id = "".into(),
+            EnvelopeError::EmptyAggregateId,
+        ),
         (
             |e| e.aggregate_id = "bad id".into(),
             EnvelopeError::AggregateIdCharacter(' '),
         ),
-        (|e| e.event_type.clear(), EnvelopeError::EmptyEventType),
+        (|e| e.event_type = "".into(), EnvelopeError::EmptyEventType),
         (
             |e| e.event_version = 0,
             EnvelopeError::NonPositiveVersion(0),
@@ -172,7 +175,7 @@ async fn per_aggregate_order(backend: &str) {
                     let previous = seen
                         .lock()
                         .unwrap()
-                        .get(&envelope.aggregate_id)
+                        .get(envelope.aggregate_id.as_str())
                         .copied()
                         .unwrap_or(0);
                     if envelope.event_version != previous + 1 {
@@ -181,7 +184,7 @@ async fn per_aggregate_order(backend: &str) {
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(0..1500))).await;
                     seen.lock()
                         .unwrap()
-                        .insert(envelope.aggregate_id.clone(), envelope.event_version);
+                        .insert(envelope.aggregate_id.to_string(), envelope.event_version);
                     count.fetch_add(1, Ordering::Relaxed);
                     Ok(())
                 }

@@ -114,7 +114,7 @@ async fn a_slow_message_holds_back_the_commit_and_is_redelivered_after_restart()
                 async move {
                     sink.lock()
                         .unwrap()
-                        .push((envelope.aggregate_id, envelope.event_version));
+                        .push((envelope.aggregate_id.to_string(), envelope.event_version));
                     Ok(())
                 }
             }),

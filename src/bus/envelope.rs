@@ -11,6 +11,7 @@ use chrono::{DateTime, Datelike as _, NaiveDate, Timelike as _, Utc};
 
 use super::Message;
 use super::headers::Headers;
+use super::shared_str::SharedStr;
 
 /// Header carrying [`Envelope::event_id`].
 pub const HEADER_EVENT_ID: &str = "X-Event-ID";
@@ -36,21 +37,21 @@ pub const MAX_AGGREGATE_ID_LEN: usize = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     /// Unique id of this event; [`Envelope::new`] fills it with a UUIDv7.
-    pub event_id: String,
+    pub event_id: SharedStr,
     /// The aggregate the event belongs to; events of one aggregate are handled in order.
-    pub aggregate_id: String,
+    pub aggregate_id: SharedStr,
     /// The event's type name.
-    pub event_type: String,
+    pub event_type: SharedStr,
     /// The aggregate's version after this event; greater than zero.
     pub event_version: i64,
     /// When the event happened.
     pub timestamp: DateTime<Utc>,
     /// Distributed-tracing id, if any.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<SharedStr>,
     /// Correlation id, if any.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<SharedStr>,
     /// Tenant id, if any.
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<SharedStr>,
     /// The event's body.
     pub payload: Bytes,
 }
@@ -107,10 +108,12 @@ impl EnvelopeError {
 }
 
 impl Envelope {
-    /// A new envelope with a fresh UUIDv7 event id and the current time.
+    /// A new envelope with a fresh UUIDv7 event id and the current time. Text fields are
+    /// [`SharedStr`]s: pass a clone of one (or [`SharedStr::from_static`]) to share it rather
+    /// than copy it into each envelope.
     pub fn new(
-        aggregate_id: impl Into<String>,
-        event_type: impl Into<String>,
+        aggregate_id: impl Into<SharedStr>,
+        event_type: impl Into<SharedStr>,
         event_version: i64,
         payload: impl Into<Bytes>,
     ) -> Self {
@@ -191,7 +194,8 @@ impl Envelope {
 
     /// Rebuilds an envelope from a received message's headers and payload.
     pub fn from_message(message: &Message) -> Result<Self, EnvelopeError> {
-        // One pass over the headers (the first of each name counts), not one search per field.
+        // One pass over the headers (the first of each name counts), not one search per field;
+        // the text fields point into the headers' text rather than copying it.
         let mut fields: [Option<&str>; 8] = [None; 8];
         for (name, value) in message.headers.iter() {
             let slot = match name {
@@ -228,21 +232,18 @@ impl Envelope {
                 header: HEADER_TIMESTAMP,
                 value: timestamp_text.to_owned(),
             })?;
+        let shared = |value: &str| SharedStr::in_headers(&message.headers, value);
         Ok(Envelope {
-            event_id: event_id
-                .ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_ID))?
-                .to_owned(),
-            aggregate_id: aggregate_id
-                .ok_or(EnvelopeError::MissingHeader(HEADER_AGGREGATE_ID))?
-                .to_owned(),
-            event_type: event_type
-                .ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_TYPE))?
-                .to_owned(),
+            event_id: shared(event_id.ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_ID))?),
+            aggregate_id: shared(
+                aggregate_id.ok_or(EnvelopeError::MissingHeader(HEADER_AGGREGATE_ID))?,
+            ),
+            event_type: shared(event_type.ok_or(EnvelopeError::MissingHeader(HEADER_EVENT_TYPE))?),
             event_version,
             timestamp,
-            trace_id: trace_id.map(str::to_owned),
-            correlation_id: correlation_id.map(str::to_owned),
-            tenant_id: tenant_id.map(str::to_owned),
+            trace_id: trace_id.map(shared),
+            correlation_id: correlation_id.map(shared),
+            tenant_id: tenant_id.map(shared),
             payload: message.payload.clone(),
         })
     }
@@ -258,7 +259,7 @@ thread_local! {
 }
 
 /// A UUIDv7 for an event that happened at `at`, in its hyphenated lower-case form.
-fn new_event_id(at: &DateTime<Utc>) -> String {
+fn new_event_id(at: &DateTime<Utc>) -> SharedStr {
     let seconds = u64::try_from(at.timestamp()).unwrap_or(0);
     let id = UUID_CONTEXT.with(|context| {
         uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -268,7 +269,7 @@ fn new_event_id(at: &DateTime<Utc>) -> String {
         ))
     });
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut text).to_owned()
+    SharedStr::from(&*id.hyphenated().encode_lower(&mut text))
 }
 
 /// Appends `at` in RFC 3339 with nanoseconds and `Z`, the way chrono writes it with
@@ -431,14 +432,15 @@ mod tests {
         envelope.tenant_id = Some("tenant-9".into());
         let message = Message {
             topic: "orders".into(),
-            key: Some(envelope.aggregate_id.as_str().into()),
+            key: Some(envelope.aggregate_id.clone()),
             headers: envelope.headers(),
             payload: envelope.payload.clone(),
             attempt: 1,
         };
         assert_eq!(message.headers.len(), 7);
         assert_eq!(Envelope::from_message(&message).unwrap(), envelope);
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| valid().event_id).collect();
+        let ids: std::collections::HashSet<SharedStr> =
+            (0..1000).map(|_| valid().event_id).collect();
         assert_eq!(ids.len(), 1000, "event ids are unique");
     }
 
@@ -446,17 +448,20 @@ mod tests {
     fn each_invalid_field_has_its_own_error() {
         type Breaker = fn(&mut Envelope);
         let cases: Vec<(Breaker, EnvelopeError)> = vec![
-            (|e| e.event_id.clear(), EnvelopeError::EmptyEventId),
-            (|e| e.aggregate_id.clear(), EnvelopeError::EmptyAggregateId),
+            (|e| e.event_id = "".into(), EnvelopeError::EmptyEventId),
             (
-                |e| e.aggregate_id = "a".repeat(257),
+                |e| e.aggregate_id = "".into(),
+                EnvelopeError::EmptyAggregateId,
+            ),
+            (
+                |e| e.aggregate_id = "a".repeat(257).into(),
                 EnvelopeError::AggregateIdTooLong(257),
             ),
             (
                 |e| e.aggregate_id = "order 42".into(),
                 EnvelopeError::AggregateIdCharacter(' '),
             ),
-            (|e| e.event_type.clear(), EnvelopeError::EmptyEventType),
+            (|e| e.event_type = "".into(), EnvelopeError::EmptyEventType),
             (
                 |e| e.event_version = 0,
                 EnvelopeError::NonPositiveVersion(0),
@@ -474,7 +479,7 @@ mod tests {
             assert!(!error.field().is_empty());
         }
         let mut longest = valid();
-        longest.aggregate_id = "a:b_c-d.e/F9".repeat(21);
+        longest.aggregate_id = "a:b_c-d.e/F9".repeat(21).into();
         assert!(longest.aggregate_id.len() <= 256);
         longest.validate().unwrap();
     }

@@ -107,6 +107,12 @@ impl Headers {
         })
     }
 
+    /// All names and values, one after another (what [`Headers::get`] and [`Headers::iter`]
+    /// hand out slices of).
+    pub(crate) fn text(&self) -> &str {
+        self.0.as_deref().map_or("", |block| block.text.as_str())
+    }
+
     /// How many headers there are.
     pub fn len(&self) -> usize {
         self.0.as_deref().map_or(0, Block::len)

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::known_topics::KnownTopics;
 use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
-    KafkaConfig, Message, Record, Transport,
+    KafkaConfig, Message, Record, SharedStr, Transport,
 };
 
 const BACKEND: &str = "kafka";
@@ -51,6 +51,17 @@ impl ClientContext for StateContext {
         ) {
             self.state.store(STATE_RECONNECTING, Ordering::Relaxed);
         }
+    }
+}
+
+/// A received record's key: the aggregate-id header's text when the key repeats it (an
+/// envelope's), so the two share one copy; otherwise a copy of its own.
+fn received_key(key: &[u8], headers: &Headers) -> SharedStr {
+    match headers.get(super::envelope::HEADER_AGGREGATE_ID) {
+        Some(aggregate_id) if aggregate_id.as_bytes() == key => {
+            SharedStr::in_headers(headers, aggregate_id)
+        }
+        _ => SharedStr::from(String::from_utf8_lossy(key).as_ref()),
     }
 }
 
@@ -531,9 +542,7 @@ async fn fetch_loop(
         let delivery = Delivery {
             message: Message {
                 topic: topic.clone(),
-                key: message
-                    .key()
-                    .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref())),
+                key: message.key().map(|key| received_key(key, &headers)),
                 headers,
                 payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                 attempt: 1,

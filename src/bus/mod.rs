@@ -19,6 +19,7 @@ mod known_topics;
 mod memory;
 mod nats;
 mod pool;
+mod shared_str;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +40,7 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use error::{BusError, BusErrorKind, HandlerError};
 pub use headers::{Headers, HeadersBuilder};
 pub use nats::connect_options as nats_connect_options;
+pub use shared_str::SharedStr;
 
 /// A message as delivered to a handler. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -46,7 +48,7 @@ pub struct Message {
     /// The topic (Kafka topic, NATS subject) it was published to.
     pub topic: Arc<str>,
     /// The record key (Kafka) or aggregate id (envelopes), if any.
-    pub key: Option<Arc<str>>,
+    pub key: Option<SharedStr>,
     /// Headers, in the order they were sent.
     pub headers: Headers,
     /// The message body.
@@ -65,7 +67,7 @@ impl Message {
 /// What is handed to a backend for sending.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
-    pub key: Option<Arc<str>>,
+    pub key: Option<SharedStr>,
     pub headers: Headers,
     pub payload: Bytes,
 }
@@ -362,7 +364,7 @@ impl EventBus {
     ) -> Result<PublishReceipt, BusError> {
         envelope.validate()?;
         let record = Record {
-            key: Some(Arc::from(envelope.aggregate_id.as_str())),
+            key: Some(envelope.aggregate_id.clone()),
             headers: envelope.headers(),
             payload: envelope.payload.clone(),
         };

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::known_topics::KnownTopics;
 use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
-    Message, NatsConfig, NatsStorage, Record, Transport,
+    Message, NatsConfig, NatsStorage, Record, SharedStr, Transport,
 };
 
 const BACKEND: &str = "nats";
@@ -351,7 +351,7 @@ async fn fetch_loop(
         };
         let key = headers
             .get(super::envelope::HEADER_AGGREGATE_ID)
-            .map(Arc::from);
+            .map(|value| SharedStr::in_headers(&headers, value));
         let delivery = Delivery {
             message: Message {
                 topic: topic.clone(),

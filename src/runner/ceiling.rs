@@ -96,14 +96,14 @@ impl CeilingLoad {
         (0..aggregates.max(1))
             .map(|aggregate| {
                 let mut envelope = template.clone();
-                envelope.aggregate_id = format!("aggregate-{aggregate}");
+                envelope.aggregate_id = format!("aggregate-{aggregate}").into();
                 let headers = envelope
                     .headers()
                     .iter()
                     .map(|(name, value)| (name.to_owned(), value.to_owned()))
                     .collect();
                 EnvelopeShape {
-                    key: envelope.aggregate_id,
+                    key: envelope.aggregate_id.into(),
                     headers,
                 }
             })

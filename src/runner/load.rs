@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusError, Envelope, EventBus, PublishReceipt};
+use crate::bus::{BusError, Envelope, EventBus, PublishReceipt, SharedStr};
 use crate::metrics::latency;
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::timeline::SecondCounts;
@@ -90,8 +90,12 @@ pub async fn publish(
         .step_by(plan.publishers as usize)
         .collect();
     let mut versions = vec![0u32; owned.len()];
-    let aggregate_ids: Vec<String> = match plan.mode {
-        Mode::Envelope => owned.iter().map(|a| format!("aggregate-{a}")).collect(),
+    // Shared strings: each envelope takes a reference to its aggregate id, not a copy.
+    let aggregate_ids: Vec<SharedStr> = match plan.mode {
+        Mode::Envelope => owned
+            .iter()
+            .map(|a| SharedStr::from(format!("aggregate-{a}")))
+            .collect(),
         Mode::Raw => Vec::new(),
     };
     let (receipts, mut pending) =
@@ -189,7 +193,7 @@ pub async fn publish(
                 let topic = &plan.topics[(aggregate % plan.topics.len() as u64) as usize];
                 let envelope = Envelope::new(
                     aggregate_ids[slot].clone(),
-                    "BenchmarkEvent",
+                    SharedStr::from_static("BenchmarkEvent"),
                     i64::from(versions[slot]),
                     stamp.payload(plan.payload_bytes),
                 );
