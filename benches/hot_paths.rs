@@ -18,8 +18,8 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use busbench::bus::{
-    BackendConfig, BusConfig, Envelope, EventBus, MemoryConfig, Message, SubscribeOptions,
-    envelope_handler, handler,
+    BackendConfig, BusConfig, Envelope, EventBus, MemoryConfig, Message, SharedStr,
+    SubscribeOptions, envelope_handler, handler,
 };
 use busbench::metrics::recorder::{Recorder, Stamp};
 
@@ -45,6 +45,18 @@ fn envelope(c: &mut Criterion) {
     });
     group.bench_function("new", |b| {
         b.iter(|| Envelope::new("aggregate-42", "BenchmarkEvent", 7, Bytes::new()))
+    });
+    // As the load generator makes them: one shared aggregate id per aggregate, a literal type.
+    let aggregate_id = SharedStr::from("aggregate-42");
+    group.bench_function("new_shared", |b| {
+        b.iter(|| {
+            Envelope::new(
+                aggregate_id.clone(),
+                SharedStr::from_static("BenchmarkEvent"),
+                7,
+                Bytes::new(),
+            )
+        })
     });
     group.finish();
 }
