@@ -172,6 +172,16 @@ fn ci_scenario_runs_on_every_backend_and_writes_valid_reports() {
         );
         assert!(cell.ceiling_msgs_per_sec.unwrap() > 0.0, "{name}");
     }
+    // Each broker is warmed up once, before its first ceiling run (both modes share it); the
+    // in-process backend has no broker to warm.
+    for (backend, warm_ups) in [("kafka", 1), ("nats", 1), ("memory", 0)] {
+        let line = format!("busbench: {backend}: warming the broker up");
+        assert_eq!(
+            stderr.matches(&line).count(),
+            warm_ups,
+            "{backend}: {stderr}"
+        );
+    }
     assert!(
         stdout.contains("end-to-end msg/s"),
         "the comparison table is printed"

@@ -13,7 +13,7 @@ pub mod load;
 mod progress;
 pub mod search;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -263,6 +263,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let mut broker_versions = BTreeMap::new();
     // A rate search judges each step against its latency target, not against a ceiling.
     let measure_ceilings = scenario.ceiling && scenario.search.is_none();
+    // Brokers already warmed up in this run (see `warm_up_broker`).
+    let mut warmed_up: BTreeSet<BackendKind> = BTreeSet::new();
     for &mode in &scenario.modes {
         for &backend in &backends {
             if interrupted() {
@@ -296,6 +298,17 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 // The ceiling runs are interleaved with the cell's runs, one before each, so
                 // that both sides of the efficiency see the same spells of a machine whose
                 // speed drifts (a shared core's neighbour, frequency changes).
+                if measure_ceilings
+                    && backend != BackendKind::Memory
+                    && !unreachable_backends.contains_key(&backend)
+                    && warmed_up.insert(backend)
+                    && let Err(ceiling::CeilingError::Unreachable(error)) =
+                        warm_up_broker(scenario, backend, options, &format!("{run_id}w"))
+                {
+                    let error = crate::redact::text(&error);
+                    eprintln!("busbench: {backend}: the broker warm-up failed: {error}");
+                    unreachable_backends.insert(backend, error);
+                }
                 if measure_ceilings
                     && ceilings.failure.is_none()
                     && !unreachable_backends.contains_key(&backend)
@@ -571,6 +584,25 @@ impl CeilingSamples {
                 .map(|c| run.throughput.e2e_msgs_per_sec / c);
         }
     }
+}
+
+/// One unrecorded run of the bare client's load against a broker, before the run's first
+/// ceiling on it. The first load a broker takes after it started runs slow while its JVM
+/// compiles and its caches fill, and the first thing measured would carry that: a Kafka raw
+/// ceiling measured first on a broker started moments before came out at two thirds of the
+/// bus's own rate in the cell after it. Nothing of this run is kept. An unreachable broker is
+/// returned (its cells then fail at once); any other failure is left to the ceiling run after
+/// it, which meets the same problem and reports it.
+fn warm_up_broker(
+    scenario: &Scenario,
+    backend: BackendKind,
+    options: &RunOptions,
+    run_id: &str,
+) -> Result<(), ceiling::CeilingError> {
+    eprintln!(
+        "busbench: {backend}: warming the broker up (one run of the bare client, not recorded)"
+    );
+    measure_ceiling(scenario, backend, Mode::Raw, options, run_id, false, false).map(|_| ())
 }
 
 /// One ceiling run of `backend` in `mode`: the client ceiling (`fair`) or the bare client,
