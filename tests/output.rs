@@ -30,16 +30,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn run(dir: &Path, scenario: &Path, extra: &[&str]) -> std::process::Output {
-    let out = dir.join("out");
-    let mut args = vec![
-        "run",
-        scenario.to_str().unwrap(),
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    busbench(&args)
+    common::run_into(scenario, &dir.join("out"), extra)
 }
 
 fn result_file(dir: &Path) -> PathBuf {

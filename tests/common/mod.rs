@@ -93,6 +93,19 @@ pub fn only_result(dir: &std::path::Path) -> busbench::metrics::model::RunResult
         .expect("a valid result")
 }
 
+/// `busbench run SCENARIO --no-progress --out OUT` with `extra` arguments, to the end.
+pub fn run_into(scenario: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    busbench(&args)
+}
+
 /// Writes `text` as scenario `name` in `dir`, runs it with `extra` arguments into a folder of
 /// its own, asserts that it exited 0 and returns its result.
 pub fn run_scenario_ok(
@@ -104,15 +117,7 @@ pub fn run_scenario_ok(
     let scenario = dir.join(format!("{name}.toml"));
     std::fs::write(&scenario, text).expect("writing the scenario");
     let out = dir.join(format!("out-{name}"));
-    let mut args = vec![
-        "run",
-        scenario.to_str().unwrap(),
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let output = busbench(&args);
+    let output = run_into(&scenario, &out, extra);
     assert_eq!(
         output.status.code(),
         Some(0),
