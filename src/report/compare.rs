@@ -480,13 +480,15 @@ pub fn compare(
                 _ => None,
             }
         };
-        let (efficiency, throughput): (RunValues, RunValues) = (efficiency_runs, throughput_runs);
-        let (metric, was, now) = match (pair(baseline, efficiency), pair(current, efficiency)) {
+        let (metric, was, now) = match (
+            pair(baseline, efficiency_runs),
+            pair(current, efficiency_runs),
+        ) {
             (Some(was), Some(now)) => ("bus efficiency ratio", Some(was), Some(now)),
             _ => (
                 "end-to-end msg/s ratio",
-                pair(baseline, throughput),
-                pair(current, throughput),
+                pair(baseline, throughput_runs),
+                pair(current, throughput_runs),
             ),
         };
         if let (Some((was, was_noise)), Some((now, now_noise))) = (was, now) {

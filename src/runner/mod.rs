@@ -590,9 +590,11 @@ impl CeilingSamples {
 /// ceiling on it. The first load a broker takes after it started runs slow while its JVM
 /// compiles and its caches fill, and the first thing measured would carry that: a Kafka raw
 /// ceiling measured first on a broker started moments before came out at two thirds of the
-/// bus's own rate in the cell after it. Nothing of this run is kept. An unreachable broker is
-/// returned (its cells then fail at once); any other failure is left to the ceiling run after
-/// it, which meets the same problem and reports it.
+/// bus's own rate in the cell after it. It sends the scenario's messages, at most
+/// [`BROKER_WARM_UP_MESSAGES`] of them, so a long scenario does not pay for a long warm-up.
+/// Nothing of this run is kept. An unreachable broker is returned (its cells then fail at
+/// once); any other failure is left to the ceiling run after it, which meets the same problem
+/// and reports it.
 fn warm_up_broker(
     scenario: &Scenario,
     backend: BackendKind,
@@ -602,8 +604,16 @@ fn warm_up_broker(
     eprintln!(
         "busbench: {backend}: warming the broker up (one run of the bare client, not recorded)"
     );
-    measure_ceiling(scenario, backend, Mode::Raw, options, run_id, false, false).map(|_| ())
+    let warm_up = Scenario {
+        messages: Some(scenario.total_messages().min(BROKER_WARM_UP_MESSAGES)),
+        ..scenario.clone()
+    };
+    measure_ceiling(&warm_up, backend, Mode::Raw, options, run_id, false, false).map(|_| ())
 }
+
+/// The most messages a broker's warm-up sends: the heavy scenario's cell, a few seconds of
+/// load on a 2-core machine, which took a just-started Kafka to its warm figures.
+const BROKER_WARM_UP_MESSAGES: u64 = 500_000;
 
 /// One ceiling run of `backend` in `mode`: the client ceiling (`fair`) or the bare client,
 /// end to end or (`publish_only`) publishing alone.
