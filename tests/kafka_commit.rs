@@ -132,3 +132,42 @@ async fn a_slow_message_holds_back_the_commit_and_is_redelivered_after_restart()
     bus.delete_topic(&topic).await.unwrap();
     bus.close().await.unwrap();
 }
+
+/// A topic deleted while a subscription still reads it leaves handled offsets that cannot be
+/// committed any more: closing the bus afterwards succeeds, as nothing is left to redeliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_after_the_topic_was_deleted_is_not_an_error() {
+    let mut config = BusConfig::kafka(common::kafka_bootstrap());
+    if let busbench::bus::BackendConfig::Kafka(kafka) = &mut config.backend {
+        kafka.partitions = 1;
+        // The periodic commit never comes round: every handled offset waits for the final one.
+        kafka.commit_interval = Duration::from_secs(3600);
+    }
+    let bus = EventBus::connect(config).await.unwrap();
+    let topic = common::unique("deleted-under");
+    let handled = Arc::new(Mutex::new(0u32));
+    let counter = handled.clone();
+    let subscription = bus
+        .subscribe(
+            &topic,
+            SubscribeOptions::group("deleted-under-group"),
+            busbench::bus::handler(move |_| {
+                let counter = counter.clone();
+                async move {
+                    *counter.lock().unwrap() += 1;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    for n in 0..5u32 {
+        bus.publish(&topic, Bytes::from(n.to_string()))
+            .await
+            .unwrap();
+    }
+    eventually("5 handled", || *handled.lock().unwrap() == 5).await;
+    bus.delete_topic(&topic).await.unwrap();
+    drop(subscription);
+    bus.close().await.unwrap();
+}

@@ -626,7 +626,14 @@ impl Consumer for KafkaConsumer {
                 let result = if commits.is_empty() {
                     Ok(())
                 } else {
-                    consumer.commit(&to_partition_list(&commits), CommitMode::Sync)
+                    match consumer.commit(&to_partition_list(&commits), CommitMode::Sync) {
+                        // The topic was deleted under the subscription: its offsets have
+                        // nothing left to protect, as no message of it can come again.
+                        Err(KafkaError::ConsumerCommit(
+                            RDKafkaErrorCode::UnknownTopicOrPartition,
+                        )) => Ok(()),
+                        other => other,
+                    }
                 };
                 consumer.unsubscribe();
                 // Dropping the last handle closes the consumer and joins librdkafka's threads.
