@@ -1,5 +1,6 @@
 //! A NATS server restart in the middle of a run: the bus reconnects by itself, and every
-//! message whose publish it acknowledged to the caller is handled afterwards. The test runs a
+//! message whose publish it acknowledged to the caller is handled afterwards. A stalled server:
+//! a publish fails with a timeout once the ack timeout has passed. The tests run a
 //! private nats-server (file storage, its own port and folder) from `BUSBENCH_NATS_SERVER` or
 //! the binary `scripts/brokers.sh nats-bin` finds, so the shared brokers are not disturbed.
 
@@ -10,15 +11,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busbench::bus::{BusConfig, ConnectionState, EventBus, SubscribeOptions, handler};
+use busbench::bus::{
+    BusConfig, BusErrorKind, ConnectionState, EventBus, SubscribeOptions, handler,
+};
 use bytes::Bytes;
 
 const PORT: u16 = 14_222;
 
 fn start_server(store: &std::path::Path) -> Child {
+    start_server_on(PORT, store)
+}
+
+fn start_server_on(port: u16, store: &std::path::Path) -> Child {
     let binary = common::nats_server_binary();
     Command::new(binary)
-        .args(["-js", "-a", "127.0.0.1", "-p", &PORT.to_string(), "-sd"])
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -38,8 +45,12 @@ async fn wait_for(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
 }
 
 async fn wait_for_port() {
+    wait_for_port_of(PORT).await
+}
+
+async fn wait_for_port_of(port: u16) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", PORT))
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
@@ -134,6 +145,44 @@ async fn acknowledged_messages_survive_a_server_restart() {
     )
     .await;
     subscription.close().await.unwrap();
+    bus.close().await.unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_fails_the_publish_with_a_timeout_after_the_ack_timeout() {
+    const STALLED_PORT: u16 = 14_223;
+    let store = tempfile::tempdir().unwrap();
+    let mut server = start_server_on(STALLED_PORT, store.path());
+    wait_for_port_of(STALLED_PORT).await;
+    let mut config = BusConfig::nats(format!("nats://127.0.0.1:{STALLED_PORT}"));
+    let ack_timeout = Duration::from_secs(1);
+    config.ack_timeout = ack_timeout;
+    let bus = EventBus::connect(config).await.unwrap();
+    bus.publish("stalled.events", Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+
+    // SAFETY: kill(2) on a child this test owns.
+    unsafe { libc::kill(server.id() as i32, libc::SIGSTOP) };
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        ack_timeout * 10,
+        bus.publish("stalled.events", Bytes::from_static(b"during")),
+    )
+    .await
+    .expect("the publish outlived ten ack timeouts");
+    let waited = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(server.id() as i32, libc::SIGCONT) };
+
+    let error = outcome.expect_err("a stalled server acknowledged a publish");
+    assert_eq!(error.kind(), BusErrorKind::Timeout, "{error}");
+    assert!(
+        waited >= ack_timeout,
+        "failed after {waited:?}, before the ack timeout of {ack_timeout:?}"
+    );
     bus.close().await.unwrap();
     server.kill().unwrap();
     server.wait().unwrap();

@@ -15,7 +15,10 @@ pub struct BusConfig {
     /// How long a publish waits for a slot in a full window before failing with
     /// [`BusError::Backpressure`].
     pub publish_timeout: Duration,
-    /// How long a publish receipt waits for the broker's acknowledgement.
+    /// How long a publish receipt waits for the broker's acknowledgement. The clients enforce
+    /// it (Kafka: librdkafka's `message.timeout.ms`, unless the producer properties set their
+    /// own; NATS: the JetStream context's timeout); a late answer fails with
+    /// [`BusError::Timeout`].
     pub ack_timeout: Duration,
     /// Handler worker pools.
     pub pool: PoolConfig,

@@ -100,7 +100,15 @@ impl KafkaTransport {
             )
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // librdkafka bounds every delivery report by this: the bus's ack timeout.
+            .set(
+                "message.timeout.ms",
+                bus.ack_timeout
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128)
+                    .to_string(),
+            );
         for (key, value) in config.properties.iter().chain(&config.producer_properties) {
             producer_config.set(key, value);
         }
@@ -197,6 +205,7 @@ impl Transport for KafkaTransport {
                 match self.producer.send_result(future_record) {
                     Ok(delivery) => {
                         let state = self.state.clone();
+                        let ack_timeout = self.ack_timeout;
                         let answer = async move {
                             match delivery.await {
                                 Ok(Ok(_)) => {
@@ -204,6 +213,12 @@ impl Transport for KafkaTransport {
                                     state.store(STATE_CONNECTED, Ordering::Relaxed);
                                     Ok(())
                                 }
+                                Ok(Err((
+                                    KafkaError::MessageProduction(
+                                        RDKafkaErrorCode::MessageTimedOut,
+                                    ),
+                                    _,
+                                ))) => Err(Ack::timed_out(ack_timeout)),
                                 Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
                                 Err(_) => Err(BusError::broker(
                                     BACKEND,
@@ -211,7 +226,7 @@ impl Transport for KafkaTransport {
                                 )),
                             }
                         };
-                        return Ok(Ack::pending(answer, self.ack_timeout));
+                        return Ok(Ack::pending(answer));
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                         if started.elapsed() >= self.publish_timeout {

@@ -209,21 +209,22 @@ pub(crate) enum Ack {
 }
 
 impl Ack {
-    /// An acknowledgement to come from `answer`, failing with [`BusError::Timeout`] when it
-    /// takes longer than `timeout`: one allocation for both.
-    pub fn pending<F>(answer: F, timeout: Duration) -> Ack
+    /// An acknowledgement to come from `answer`, which bounds its own wait: each backend hands
+    /// the bus's `ack_timeout` to its client (librdkafka's `message.timeout.ms`, the JetStream
+    /// context's timeout), so no second timer is armed per publish.
+    pub fn pending<F>(answer: F) -> Ack
     where
         F: Future<Output = Result<(), BusError>> + Send + 'static,
     {
-        Ack::Pending(Box::pin(async move {
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(result) => result,
-                Err(_) => Err(BusError::Timeout {
-                    operation: "broker acknowledgement",
-                    waited: timeout,
-                }),
-            }
-        }))
+        Ack::Pending(Box::pin(answer))
+    }
+
+    /// The error of an acknowledgement that did not come within `waited`.
+    pub fn timed_out(waited: Duration) -> BusError {
+        BusError::Timeout {
+            operation: "broker acknowledgement",
+            waited,
+        }
     }
 
     /// Waits for the outcome.

@@ -163,12 +163,18 @@ impl Transport for NatsTransport {
                     .await
             };
             let pending = published.map_err(|e| BusError::broker(BACKEND, e))?;
+            let ack_timeout = self.ack_timeout;
             let answer = async move {
                 tokio::select! {
                     biased;
-                    result = pending => result
-                        .map(|_| ())
-                        .map_err(|e| BusError::broker(BACKEND, e)),
+                    // The JetStream context bounds this wait by the bus's ack timeout.
+                    result = pending => match result {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut => {
+                            Err(Ack::timed_out(ack_timeout))
+                        }
+                        Err(e) => Err(BusError::broker(BACKEND, e)),
+                    },
                     _ = disconnected.changed() => Err(BusError::broker(
                         BACKEND,
                         "the connection was lost before the acknowledgement arrived; the \
@@ -176,7 +182,7 @@ impl Transport for NatsTransport {
                     )),
                 }
             };
-            Ok(Ack::pending(answer, self.ack_timeout))
+            Ok(Ack::pending(answer))
         })
     }
 
