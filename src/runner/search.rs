@@ -5,7 +5,8 @@
 //!
 //! The search offers `min_rate` first and doubles the rate while steps pass (up to
 //! `max_rate`), then bisects between the highest passing and the lowest failing rate until
-//! they are within the precision. Every step is a whole cell run of its own (set-up, warm-up,
+//! they are within the precision. A failed rate whose runs all fell behind it bounds the search
+//! by the most they handled instead of by the rate offered. Every step is a whole cell run of its own (set-up, warm-up,
 //! measured phase, drain, teardown) on topics named after the step, so a step never sees the
 //! backlog of the one before.
 
@@ -96,8 +97,14 @@ fn next_rate(
         )),
         (Some(passing), None) => Ok((passing.saturating_mul(2)).min(search.max_rate)),
         (Some(passing), Some(failing)) => {
+            if failing as f64 <= passing as f64 * (1.0 + search.precision) {
+                return Err(format!(
+                    "the precision of {:.0}% was reached",
+                    search.precision * 100.0
+                ));
+            }
             let middle = passing + (failing - passing) / 2;
-            if failing as f64 <= passing as f64 * (1.0 + search.precision) || middle == passing {
+            if middle == passing {
                 Err(format!(
                     "the precision of {:.0}% was reached",
                     search.precision * 100.0
@@ -106,6 +113,22 @@ fn next_rate(
                 Ok(middle)
             }
         }
+    }
+}
+
+/// The bound a failed rate sets on the search: the rate itself, or, when none of its runs kept
+/// up with it (each handled less than `1 - tolerance` of it), the most any of them handled. A
+/// saturated step shows what the cell can handle at most, and bisecting below that instead of
+/// below the offered rate keeps the search out of deep overload: a doubling step far past the
+/// knee (Kafka offered twice what it handles) leaves the broker writing back and compacting for
+/// a while, and the steps after it then fail rates it passes when rested.
+fn failing_bound(rate: u64, handled_per_run: &[f64], search: &SearchSection) -> u64 {
+    let least = rate as f64 * (1.0 - search.tolerance);
+    let most_handled = handled_per_run.iter().copied().fold(0.0_f64, f64::max);
+    if handled_per_run.is_empty() || most_handled >= least {
+        rate
+    } else {
+        (most_handled.ceil() as u64).clamp(1, rate)
     }
 }
 
@@ -176,6 +199,7 @@ pub fn search_cell(
                 Err(ended) => break ended,
             };
             let (mut runs_passed, mut runs_failed) = (0, 0);
+            let mut handled_per_run = Vec::new();
             let mut last = None;
             let mut rate_passed = false;
             for attempt in 1..=runs_per_rate {
@@ -218,6 +242,7 @@ pub fn search_cell(
                     cell.throughput.e2e_msgs_per_sec
                 );
                 steps.push(search_step(rate, passed, reasons, &cell));
+                handled_per_run.push(cell.throughput.e2e_msgs_per_sec);
                 last = Some(cell);
                 if passed {
                     runs_passed += 1;
@@ -235,7 +260,13 @@ pub fn search_cell(
                 highest_passing = Some(rate);
                 best = Some(cell);
             } else {
-                lowest_failing = Some(lowest_failing.map_or(rate, |f: u64| f.min(rate)));
+                let bound = failing_bound(rate, &handled_per_run, search);
+                if bound < rate {
+                    eprintln!(
+                        "busbench: {backend}/{mode}: {rate} msg/s saturated the cell (at most {bound} msg/s handled): the search continues below that"
+                    );
+                }
+                lowest_failing = Some(lowest_failing.map_or(bound, |f: u64| f.min(bound)));
                 if first.is_none() && best.is_none() {
                     first = Some(cell);
                 }
@@ -353,5 +384,71 @@ mod tests {
                 .contains("max_rate")
         );
         assert_eq!(next_rate(Some(64_000), None, &search), Ok(100_000));
+        // A bound at or below the highest passing rate ends the search.
+        assert!(
+            next_rate(Some(5000), Some(4800), &search)
+                .unwrap_err()
+                .contains("precision")
+        );
+    }
+
+    #[test]
+    fn a_saturated_rate_bounds_the_search_by_what_it_handled() {
+        let search = SearchSection {
+            tolerance: 0.05,
+            ..SearchSection::for_target(Duration::from_millis(10))
+        };
+        // Kept up (failed on p99 alone): the bound is the offered rate.
+        assert_eq!(failing_bound(320_000, &[319_000.0], &search), 320_000);
+        // One run kept up, one did not: still the offered rate.
+        assert_eq!(
+            failing_bound(320_000, &[150_000.0, 310_000.0], &search),
+            320_000
+        );
+        // No run kept up: the most any of them handled.
+        assert_eq!(
+            failing_bound(320_000, &[158_469.2, 177_645.1], &search),
+            177_646
+        );
+        assert_eq!(failing_bound(320_000, &[], &search), 320_000);
+        assert_eq!(failing_bound(320_000, &[0.0], &search), 1);
+    }
+
+    #[test]
+    fn after_a_saturated_doubling_step_the_search_bisects_below_what_it_handled() {
+        let search = SearchSection {
+            min_rate: 10_000,
+            max_rate: 400_000,
+            ..SearchSection::for_target(Duration::from_millis(50))
+        };
+        // A cell that keeps up to 170,000 msg/s and handles at most 175,000 when overloaded.
+        let (mut passing, mut failing) = (None, None);
+        let mut offered = Vec::new();
+        let ended = loop {
+            match next_rate(passing, failing, &search) {
+                Ok(rate) => {
+                    offered.push(rate);
+                    if rate <= 170_000 {
+                        passing = Some(rate);
+                    } else {
+                        let handled = (rate as f64).min(175_000.0);
+                        let bound = failing_bound(rate, &[handled], &search);
+                        failing = Some(failing.map_or(bound, |f: u64| f.min(bound)));
+                    }
+                }
+                Err(ended) => break ended,
+            }
+        };
+        // 320,000 saturates at 175,000: no step is offered above that afterwards.
+        assert_eq!(
+            &offered[..6],
+            &[10_000, 20_000, 40_000, 80_000, 160_000, 320_000]
+        );
+        assert!(
+            offered[6..].iter().all(|&rate| rate <= 175_000),
+            "{offered:?}"
+        );
+        assert_eq!(passing, Some(160_000), "{offered:?}");
+        assert!(ended.contains("precision"), "{ended}");
     }
 }
