@@ -43,13 +43,19 @@ fn committed_offset(topic: &str, group: &str) -> Option<i64> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_message_holds_back_the_commit_and_is_redelivered_after_restart() {
+/// The test brokers' Kafka with one partition per topic, committing every `commit_interval`.
+fn one_partition(commit_interval: Duration) -> BusConfig {
     let mut config = BusConfig::kafka(common::kafka_bootstrap());
     if let busbench::bus::BackendConfig::Kafka(kafka) = &mut config.backend {
         kafka.partitions = 1;
-        kafka.commit_interval = Duration::from_millis(20);
+        kafka.commit_interval = commit_interval;
     }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_message_holds_back_the_commit_and_is_redelivered_after_restart() {
+    let mut config = one_partition(Duration::from_millis(20));
     config.close_timeout = Duration::from_millis(500);
     let bus = EventBus::connect(config).await.unwrap();
     let topic = common::unique("watermark");
@@ -137,12 +143,8 @@ async fn a_slow_message_holds_back_the_commit_and_is_redelivered_after_restart()
 /// committed any more: closing the bus afterwards succeeds, as nothing is left to redeliver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_after_the_topic_was_deleted_is_not_an_error() {
-    let mut config = BusConfig::kafka(common::kafka_bootstrap());
-    if let busbench::bus::BackendConfig::Kafka(kafka) = &mut config.backend {
-        kafka.partitions = 1;
-        // The periodic commit never comes round: every handled offset waits for the final one.
-        kafka.commit_interval = Duration::from_secs(3600);
-    }
+    // The periodic commit never comes round: every handled offset waits for the final one.
+    let config = one_partition(Duration::from_secs(3600));
     let bus = EventBus::connect(config).await.unwrap();
     let topic = common::unique("deleted-under");
     let handled = Arc::new(Mutex::new(0u32));

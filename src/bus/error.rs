@@ -79,6 +79,14 @@ impl BusError {
             message: error.to_string(),
         }
     }
+
+    /// A broker acknowledgement that did not come within `waited` (the bus's `ack_timeout`).
+    pub(crate) fn ack_timed_out(waited: std::time::Duration) -> Self {
+        BusError::Timeout {
+            operation: "broker acknowledgement",
+            waited,
+        }
+    }
 }
 
 /// The error a message handler returns; any error type converts into it.

@@ -218,7 +218,7 @@ impl Transport for KafkaTransport {
                                         RDKafkaErrorCode::MessageTimedOut,
                                     ),
                                     _,
-                                ))) => Err(Ack::timed_out(ack_timeout)),
+                                ))) => Err(BusError::ack_timed_out(ack_timeout)),
                                 Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
                                 Err(_) => Err(BusError::broker(
                                     BACKEND,

@@ -219,14 +219,6 @@ impl Ack {
         Ack::Pending(Box::pin(answer))
     }
 
-    /// The error of an acknowledgement that did not come within `waited`.
-    pub fn timed_out(waited: Duration) -> BusError {
-        BusError::Timeout {
-            operation: "broker acknowledgement",
-            waited,
-        }
-    }
-
     /// Waits for the outcome.
     pub async fn outcome(self) -> Result<(), BusError> {
         match self {

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -170,8 +171,8 @@ impl Transport for NatsTransport {
                     // The JetStream context bounds this wait by the bus's ack timeout.
                     result = pending => match result {
                         Ok(_) => Ok(()),
-                        Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut => {
-                            Err(Ack::timed_out(ack_timeout))
+                        Err(e) if e.kind() == PublishErrorKind::TimedOut => {
+                            Err(BusError::ack_timed_out(ack_timeout))
                         }
                         Err(e) => Err(BusError::broker(BACKEND, e)),
                     },

@@ -345,6 +345,34 @@ mod tests {
         assert_eq!(rate_verdict(3, 1, 4), Some(true));
     }
 
+    /// What a search offers to a cell that keeps up to `capacity` msg/s and, offered more,
+    /// handles at most `most_handled` (a step handles no more than it is offered): the rates
+    /// offered in order, the highest passing and lowest failing bound, and why it ended.
+    fn simulate(
+        search: &SearchSection,
+        capacity: u64,
+        most_handled: f64,
+    ) -> (Vec<u64>, Option<u64>, Option<u64>, String) {
+        let (mut passing, mut failing) = (None, None);
+        let mut offered = Vec::new();
+        let ended = loop {
+            match next_rate(passing, failing, search) {
+                Ok(rate) => {
+                    offered.push(rate);
+                    if rate <= capacity {
+                        passing = Some(rate);
+                    } else {
+                        let handled = (rate as f64).min(most_handled);
+                        let bound = failing_bound(rate, &[handled], search);
+                        failing = Some(failing.map_or(bound, |f: u64| f.min(bound)));
+                    }
+                }
+                Err(ended) => break ended,
+            }
+        };
+        (offered, passing, failing, ended)
+    }
+
     #[test]
     fn the_search_doubles_then_bisects_to_its_precision() {
         let search = SearchSection {
@@ -352,22 +380,8 @@ mod tests {
             max_rate: 100_000,
             ..SearchSection::for_target(Duration::from_millis(10))
         };
-        // A cell whose capacity is 5,500 msg/s.
-        let (mut passing, mut failing) = (None, None);
-        let mut offered = Vec::new();
-        let ended = loop {
-            match next_rate(passing, failing, &search) {
-                Ok(rate) => {
-                    offered.push(rate);
-                    if rate <= 5500 {
-                        passing = Some(rate);
-                    } else {
-                        failing = Some(failing.map_or(rate, |f: u64| f.min(rate)));
-                    }
-                }
-                Err(ended) => break ended,
-            }
-        };
+        // A cell whose capacity is 5,500 msg/s and whose failing steps keep up (fail on p99).
+        let (offered, passing, failing, ended) = simulate(&search, 5500, f64::INFINITY);
         assert_eq!(&offered[..4], &[1000, 2000, 4000, 8000]);
         let found = passing.unwrap();
         assert!((5000..=5500).contains(&found), "{offered:?}");
@@ -422,23 +436,7 @@ mod tests {
             ..SearchSection::for_target(Duration::from_millis(50))
         };
         // A cell that keeps up to 170,000 msg/s and handles at most 175,000 when overloaded.
-        let (mut passing, mut failing) = (None, None);
-        let mut offered = Vec::new();
-        let ended = loop {
-            match next_rate(passing, failing, &search) {
-                Ok(rate) => {
-                    offered.push(rate);
-                    if rate <= 170_000 {
-                        passing = Some(rate);
-                    } else {
-                        let handled = (rate as f64).min(175_000.0);
-                        let bound = failing_bound(rate, &[handled], &search);
-                        failing = Some(failing.map_or(bound, |f: u64| f.min(bound)));
-                    }
-                }
-                Err(ended) => break ended,
-            }
-        };
+        let (offered, passing, _, ended) = simulate(&search, 170_000, 175_000.0);
         // 320,000 saturates at 175,000: no step is offered above that afterwards.
         assert_eq!(
             &offered[..6],
