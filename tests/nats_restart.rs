@@ -150,11 +150,52 @@ async fn acknowledged_messages_survive_a_server_restart() {
     server.wait().unwrap();
 }
 
+/// A server killed (and reaped) when the test ends, a failed assertion included, so that it
+/// never outlives the test on its port.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child this test owns; SIGCONT first, in case it is stopped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGCONT) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGSTOPs `server` and waits (up to 10 s) until every one of its threads is stopped: kill(2)
+/// returns before they are, and a thread still running could answer one more publish.
+fn stop_and_wait_until_stopped(server: &Child) {
+    // SAFETY: kill(2) on a child this test owns.
+    unsafe { libc::kill(server.id() as i32, libc::SIGSTOP) };
+    let tasks = format!("/proc/{}/task", server.id());
+    let all_stopped = || {
+        std::fs::read_dir(&tasks).unwrap().all(|task| {
+            let stat =
+                std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+            // The state is the first field after the command name's closing parenthesis.
+            matches!(
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next()),
+                Some('T' | 't')
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !all_stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_server_fails_the_publish_with_a_timeout_after_the_ack_timeout() {
     const STALLED_PORT: u16 = 14_223;
     let store = tempfile::tempdir().unwrap();
-    let mut server = start_server_on(STALLED_PORT, store.path());
+    let server = KilledOnDrop(start_server_on(STALLED_PORT, store.path()));
     wait_for_port_of(STALLED_PORT).await;
     let mut config = BusConfig::nats(format!("nats://127.0.0.1:{STALLED_PORT}"));
     let ack_timeout = Duration::from_secs(1);
@@ -164,8 +205,7 @@ async fn a_stalled_server_fails_the_publish_with_a_timeout_after_the_ack_timeout
         .await
         .unwrap();
 
-    // SAFETY: kill(2) on a child this test owns.
-    unsafe { libc::kill(server.id() as i32, libc::SIGSTOP) };
+    stop_and_wait_until_stopped(&server.0);
     let started = tokio::time::Instant::now();
     let outcome = tokio::time::timeout(
         ack_timeout * 10,
@@ -175,7 +215,7 @@ async fn a_stalled_server_fails_the_publish_with_a_timeout_after_the_ack_timeout
     .expect("the publish outlived ten ack timeouts");
     let waited = started.elapsed();
     // SAFETY: as above.
-    unsafe { libc::kill(server.id() as i32, libc::SIGCONT) };
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGCONT) };
 
     let error = outcome.expect_err("a stalled server acknowledged a publish");
     assert_eq!(error.kind(), BusErrorKind::Timeout, "{error}");
@@ -184,6 +224,4 @@ async fn a_stalled_server_fails_the_publish_with_a_timeout_after_the_ack_timeout
         "failed after {waited:?}, before the ack timeout of {ack_timeout:?}"
     );
     bus.close().await.unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
