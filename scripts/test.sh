@@ -26,7 +26,8 @@ cargo test --all-targets --locked
 #    shown as warnings only, since the baseline may come from another machine.
 # 2. Absolute figures (msg/s, p99, CPU per message) in a same-machine A/B: the revision the
 #    baseline was recorded from is built and run interleaved with this build, five runs each,
-#    on the same brokers; a change counts only when past its threshold and significant.
+#    on the same brokers; a change counts only when past its threshold and significant, in
+#    these runs and again in five more of the flagged backends (--confirm).
 cargo build --release --locked
 mkdir -p target/ci-results
 # How steady the machine is right now, for whoever reads a failing gate's log: on a shared
@@ -40,7 +41,7 @@ gate=0
     --comparison-markdown target/ci-results/comparison.md || gate=$?
 ab=0
 ./target/release/busbench ab scenarios/ci.toml \
-    --base "$(cat results/baselines/ci.rev)" --runs 5 \
+    --base "$(cat results/baselines/ci.rev)" --runs 5 --confirm \
     --out target/ab --markdown target/ci-results/ab.md || ab=$?
 echo "test: machine-free gate exit $gate, same-machine A/B exit $ab"
 if [[ $gate != 0 || $ab != 0 ]]; then

@@ -53,6 +53,9 @@ pub struct AbOptions {
     pub head_env: Vec<(String, String)>,
     /// The thresholds.
     pub thresholds: RegressionThresholds,
+    /// Whether a regressed figure must regress again in a second, independent set of rounds
+    /// (of the flagged cells' backends only) before it counts.
+    pub confirm: bool,
 }
 
 /// Why an A/B could not be carried out.
@@ -166,6 +169,8 @@ pub enum AbVerdict {
     Regressed,
     /// Beyond the threshold, but the runs do not show it significantly.
     NotSignificant,
+    /// Regressed in the first set of rounds, but not again in the confirming set.
+    NotConfirmed,
 }
 
 impl AbVerdict {
@@ -176,6 +181,7 @@ impl AbVerdict {
             AbVerdict::Improved => "improved",
             AbVerdict::Regressed => "REGRESSED",
             AbVerdict::NotSignificant => "not significant",
+            AbVerdict::NotConfirmed => "not confirmed",
         }
     }
 }
@@ -220,6 +226,10 @@ pub struct AbReport {
     pub thresholds: RegressionThresholds,
     /// Every compared figure.
     pub rows: Vec<AbRow>,
+    /// The confirming rounds, when a figure regressed and `--confirm` asked for them: the
+    /// flagged cells' figures judged on fresh runs. A first-round regression stands only when
+    /// its figure regressed here too; otherwise its verdict is "not confirmed".
+    pub confirmation: Option<Vec<AbRow>>,
     /// Head cells that failed or lost, duplicated, reordered or leaked: each fails the A/B.
     pub correctness: Vec<String>,
     /// Everything else worth knowing (base failures, cells missing on one side).
@@ -567,18 +577,22 @@ fn run_once(
     read_samples(&result).map_err(AbError::Infrastructure)
 }
 
-/// Builds both sides, runs them interleaved and judges the head.
-pub fn run(options: &AbOptions) -> Result<AbReport, AbError> {
-    if options.runs < MIN_RUNS {
-        return Err(AbError::Usage(format!(
-            "--runs {}: at least {MIN_RUNS} runs a side are needed for a significant result",
-            options.runs
-        )));
-    }
-    let (base_binary, base_label) = resolve(&options.base, &options.out)?;
-    let (head_binary, head_label) = resolve(&options.head, &options.out)?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let runs_dir = options.out.join(format!("runs-{stamp}"));
+/// The cells of one run.
+type Run = Vec<CellSample>;
+
+/// Runs both sides `options.runs` times each, interleaved ABBA, with `run_args` for every run;
+/// returns the base runs and the head runs.
+fn rounds(
+    options: &AbOptions,
+    base_binary: &Path,
+    head_binary: &Path,
+    run_args: &[String],
+    runs_dir: &Path,
+) -> Result<(Vec<Run>, Vec<Run>), AbError> {
+    let options = AbOptions {
+        run_args: run_args.to_vec(),
+        ..options.clone()
+    };
     let mut base_runs = Vec::new();
     let mut head_runs = Vec::new();
     for round in 0..options.runs {
@@ -591,16 +605,108 @@ pub fn run(options: &AbOptions) -> Result<AbReport, AbError> {
         for side in order {
             eprintln!("busbench ab: round {}/{}: {side}", round + 1, options.runs);
             let (binary, env, into) = if side == "base" {
-                (&base_binary, &options.base_env, &mut base_runs)
+                (base_binary, &options.base_env, &mut base_runs)
             } else {
-                (&head_binary, &options.head_env, &mut head_runs)
+                (head_binary, &options.head_env, &mut head_runs)
             };
             let dir = runs_dir.join(format!("{side}-{}", round + 1));
-            into.push(run_once(side, binary, options, env, &dir)?);
+            into.push(run_once(side, binary, &options, env, &dir)?);
         }
     }
-    let (rows, correctness, mut notes) = analyse(&base_runs, &head_runs, &options.thresholds);
+    Ok((base_runs, head_runs))
+}
+
+/// The backends of the cells with a regressed figure, each once, in order.
+fn regressed_backends(rows: &[AbRow]) -> Vec<String> {
+    let mut backends: Vec<String> = Vec::new();
+    for row in rows.iter().filter(|r| r.verdict == AbVerdict::Regressed) {
+        let backend = row.cell.split('/').next().unwrap_or_default().to_owned();
+        if !backends.contains(&backend) {
+            backends.push(backend);
+        }
+    }
+    backends
+}
+
+/// Keeps a first-round regression only where the confirming rounds regressed the same figure
+/// of the same cell; the others become "not confirmed".
+pub fn apply_confirmation(rows: &mut [AbRow], confirming: &[AbRow]) {
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.verdict == AbVerdict::Regressed)
+    {
+        let again = confirming.iter().any(|c| {
+            c.cell == row.cell && c.metric == row.metric && c.verdict == AbVerdict::Regressed
+        });
+        if !again {
+            row.verdict = AbVerdict::NotConfirmed;
+        }
+    }
+}
+
+/// Builds both sides, runs them interleaved and judges the head.
+pub fn run(options: &AbOptions) -> Result<AbReport, AbError> {
+    if options.runs < MIN_RUNS {
+        return Err(AbError::Usage(format!(
+            "--runs {}: at least {MIN_RUNS} runs a side are needed for a significant result",
+            options.runs
+        )));
+    }
+    let (base_binary, base_label) = resolve(&options.base, &options.out)?;
+    let (head_binary, head_label) = resolve(&options.head, &options.out)?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let runs_dir = options.out.join(format!("runs-{stamp}"));
+    let (base_runs, head_runs) = rounds(
+        options,
+        &base_binary,
+        &head_binary,
+        &options.run_args,
+        &runs_dir,
+    )?;
+    let (mut rows, mut correctness, mut notes) =
+        analyse(&base_runs, &head_runs, &options.thresholds);
     notes.push(format!("every run's result is in {}", runs_dir.display()));
+    let flagged = regressed_backends(&rows);
+    let mut confirmation = None;
+    if options.confirm && !flagged.is_empty() {
+        eprintln!(
+            "busbench ab: a figure regressed; confirming with {} more runs a side of {}",
+            options.runs,
+            flagged.join(",")
+        );
+        // The flagged backends replace any --backends of the first rounds.
+        let mut run_args = Vec::new();
+        let mut args = options.run_args.iter();
+        while let Some(arg) = args.next() {
+            if arg == "--backends" {
+                args.next();
+            } else {
+                run_args.push(arg.clone());
+            }
+        }
+        run_args.extend(["--backends".to_owned(), flagged.join(",")]);
+        let confirm_dir = runs_dir.join("confirmation");
+        let (base_again, head_again) =
+            rounds(options, &base_binary, &head_binary, &run_args, &confirm_dir)?;
+        let (confirming, confirm_correctness, confirm_notes) =
+            analyse(&base_again, &head_again, &options.thresholds);
+        apply_confirmation(&mut rows, &confirming);
+        correctness.extend(
+            confirm_correctness
+                .into_iter()
+                .map(|problem| format!("confirmation: {problem}")),
+        );
+        notes.extend(
+            confirm_notes
+                .into_iter()
+                .map(|note| format!("confirmation: {note}")),
+        );
+        notes.push(format!(
+            "the confirming runs' results are in {}",
+            confirm_dir.display()
+        ));
+        confirmation = Some(confirming);
+    }
     Ok(AbReport {
         scenario: options.scenario.display().to_string(),
         base: base_label,
@@ -608,6 +714,7 @@ pub fn run(options: &AbOptions) -> Result<AbReport, AbError> {
         runs: options.runs,
         thresholds: options.thresholds,
         rows,
+        confirmation,
         correctness,
         notes,
     })
@@ -637,19 +744,24 @@ mod tests {
             .collect()
     }
 
+    /// Five base runs within 4% of 100 msg/s and 1 µs per message.
+    fn steady_base() -> Vec<Vec<CellSample>> {
+        runs(&[
+            (100.0, 1.0),
+            (104.0, 1.02),
+            (97.0, 0.98),
+            (101.0, 1.0),
+            (99.0, 1.01),
+        ])
+    }
+
     fn verdict(rows: &[AbRow], metric: &str) -> AbVerdict {
         rows.iter().find(|r| r.metric == metric).unwrap().verdict
     }
 
     #[test]
     fn a_halved_throughput_is_a_significant_regression() {
-        let base = runs(&[
-            (100.0, 1.0),
-            (104.0, 1.02),
-            (97.0, 0.98),
-            (101.0, 1.0),
-            (99.0, 1.01),
-        ]);
+        let base = steady_base();
         let head = runs(&[
             (50.0, 2.0),
             (52.0, 2.1),
@@ -702,6 +814,47 @@ mod tests {
             verdict(&rows, "end-to-end msg/s"),
             AbVerdict::NotSignificant
         );
+    }
+
+    #[test]
+    fn a_regression_counts_only_when_the_confirming_rounds_show_it_again() {
+        let base = steady_base();
+        let slower = runs(&[
+            (50.0, 1.0),
+            (52.0, 1.02),
+            (49.0, 0.98),
+            (51.0, 1.0),
+            (48.0, 1.01),
+        ]);
+        let thresholds = RegressionThresholds::default();
+        let (first, _, _) = analyse(&base, &slower, &thresholds);
+        assert_eq!(regressed_backends(&first), vec!["memory".to_owned()]);
+
+        // The confirming rounds show the same drop: it stands.
+        let mut rows = first.clone();
+        let (again, _, _) = analyse(&base, &slower, &thresholds);
+        apply_confirmation(&mut rows, &again);
+        assert_eq!(verdict(&rows, "end-to-end msg/s"), AbVerdict::Regressed);
+        assert_eq!(verdict(&rows, "CPU µs/msg"), AbVerdict::Unchanged);
+
+        // The confirming rounds show no drop: the first verdict was chance.
+        let mut rows = first;
+        let (again, _, _) = analyse(&base, &base, &thresholds);
+        apply_confirmation(&mut rows, &again);
+        assert_eq!(verdict(&rows, "end-to-end msg/s"), AbVerdict::NotConfirmed);
+        assert!(regressed_backends(&rows).is_empty());
+        let report = AbReport {
+            scenario: "ci.toml".into(),
+            base: "base".into(),
+            head: "head".into(),
+            runs: 5,
+            thresholds,
+            rows,
+            confirmation: Some(again),
+            correctness: Vec::new(),
+            notes: Vec::new(),
+        };
+        assert!(!report.regressed());
     }
 
     #[test]

@@ -183,6 +183,10 @@ struct AbArgs {
     /// Also write the report as markdown (for a pull-request comment) to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// When a figure regresses, run the flagged cells' backends again (as many runs a side)
+    /// and count the regression only if that figure regresses again.
+    #[arg(long)]
+    confirm: bool,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -815,6 +819,7 @@ fn ab(args: AbArgs) -> i32 {
         base_env: [nats_env.clone(), args.base_env].concat(),
         head_env: [nats_env, args.head_env].concat(),
         thresholds,
+        confirm: args.confirm,
     };
     watch_for_signals();
     let report = match crate::ab::run(&options) {

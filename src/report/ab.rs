@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use comfy_table::{CellAlignment, Table};
 
-use crate::ab::AbReport;
+use crate::ab::{AbReport, AbRow};
 
 fn value(metric: &str, value: f64) -> String {
     if metric.contains("msg/s") || value.abs() >= 100.0 {
@@ -16,7 +16,7 @@ fn value(metric: &str, value: f64) -> String {
     }
 }
 
-fn table(report: &AbReport, markdown: bool) -> Table {
+fn table(rows: &[AbRow], markdown: bool) -> Table {
     let mut table = super::styled_table(markdown);
     table.set_header([
         "cell",
@@ -28,7 +28,7 @@ fn table(report: &AbReport, markdown: bool) -> Table {
         "p",
         "verdict",
     ]);
-    for row in &report.rows {
+    for row in rows {
         table.add_row([
             row.cell.clone(),
             row.metric.to_owned(),
@@ -76,8 +76,18 @@ fn render(report: &AbReport, markdown: bool) -> String {
         t.allocations_rise_pct,
         t.significance
     );
-    out.push_str(&table(report, markdown).to_string());
+    out.push_str(&table(&report.rows, markdown).to_string());
     out.push('\n');
+    if let Some(confirming) = &report.confirmation {
+        let _ = writeln!(
+            out,
+            "\nConfirming rounds ({} more runs a side of the flagged cells' backends): a \
+             regression above stands only when its figure regressed here too.\n",
+            report.runs
+        );
+        out.push_str(&table(confirming, markdown).to_string());
+        out.push('\n');
+    }
     for problem in &report.correctness {
         let _ = writeln!(out, "- correctness: {problem}");
     }
