@@ -484,3 +484,66 @@ async fn memory_full_queue_gives_a_typed_error() {
     assert_eq!(received.load(Ordering::SeqCst), 5);
     bus.close().await.unwrap();
 }
+
+/// Subscribes group `group` of `topic` on `bus`, collecting the payloads it handles.
+async fn collect(
+    bus: &EventBus,
+    topic: &str,
+    group: &str,
+) -> (busbench::bus::Subscription, Arc<Mutex<Vec<Bytes>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let subscription = bus
+        .subscribe(
+            topic,
+            SubscribeOptions::group(group),
+            handler(move |message| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push(message.payload);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    (subscription, received)
+}
+
+/// A publish finds its queues in a per-thread cache: a group that subscribes between two
+/// publishes on the same thread gets the later ones, and two buses on one thread, each with a
+/// topic of the same name, never receive each other's messages.
+#[tokio::test]
+async fn memory_publishes_follow_new_groups_and_stay_within_their_bus() {
+    let bus = EventBus::connect(BusConfig::memory()).await.unwrap();
+    let other = EventBus::connect(BusConfig::memory()).await.unwrap();
+    let payload = |text: &'static str| Bytes::from_static(text.as_bytes());
+    bus.publish("orders", payload("1")).await.unwrap();
+    other.publish("orders", payload("other-1")).await.unwrap();
+    let (first, first_got) = collect(&bus, "orders", "first").await;
+    bus.publish("orders", payload("2")).await.unwrap();
+    let (second, second_got) = collect(&bus, "orders", "second").await;
+    bus.publish("orders", payload("3")).await.unwrap();
+    other.publish("orders", payload("other-2")).await.unwrap();
+    let (other_sub, other_got) = collect(&other, "orders", "first").await;
+    eventually("every message handled", WAIT, || {
+        first_got.lock().unwrap().len() >= 3
+            && !second_got.lock().unwrap().is_empty()
+            && other_got.lock().unwrap().len() >= 2
+    })
+    .await;
+    for subscription in [first, second, other_sub] {
+        subscription.close().await.unwrap();
+    }
+    assert_eq!(
+        *first_got.lock().unwrap(),
+        [payload("1"), payload("2"), payload("3")]
+    );
+    assert_eq!(*second_got.lock().unwrap(), [payload("3")]);
+    assert_eq!(
+        *other_got.lock().unwrap(),
+        [payload("other-1"), payload("other-2")]
+    );
+    bus.close().await.unwrap();
+    other.close().await.unwrap();
+}

@@ -4,8 +4,6 @@
 //! every backend; on Kafka the record key is the aggregate id as well, so one aggregate's events
 //! share a partition.
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 use chrono::{DateTime, Datelike as _, NaiveDate, Timelike as _, Utc};
 
@@ -179,7 +177,7 @@ impl Envelope {
             .push(HEADER_AGGREGATE_ID, &self.aggregate_id)
             .push(HEADER_EVENT_TYPE, &self.event_type)
             .push_with(HEADER_EVENT_VERSION, |text| {
-                let _ = write!(text, "{}", self.event_version);
+                text.push_str(itoa::Buffer::new().format(self.event_version));
             })
             .push_with(HEADER_TIMESTAMP, |text| {
                 write_timestamp(text, &self.timestamp)

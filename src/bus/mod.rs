@@ -370,7 +370,13 @@ impl EventBus {
         }
         let permit = acquire_window(&self.window, self.config.publish_timeout).await?;
         let ack = match self.transport.try_send(topic, record) {
-            Ok(taken) => taken?,
+            Ok(taken) => {
+                // Taken without waiting: count it against the task's scheduling budget, as a
+                // channel send does, so that a tight publish loop still lets the consumers on
+                // its thread run.
+                tokio::task::consume_budget().await;
+                taken?
+            }
             Err(record) => self.transport.send(topic, record).await?,
         };
         Ok(PublishReceipt {
@@ -519,6 +525,18 @@ async fn pool_drain(pool: Arc<pool::Pool>, timeout: Duration) -> Option<BusError
 pub struct PublishReceipt {
     ack: Ack,
     _permit: OwnedSemaphorePermit,
+}
+
+impl PublishReceipt {
+    /// The outcome at once when it is already known (the memory backend acknowledges a publish
+    /// as soon as it is queued), freeing the window slot; the receipt back when the broker's
+    /// answer is still to come.
+    pub fn into_ready(self) -> Result<Result<(), BusError>, PublishReceipt> {
+        match self.ack {
+            Ack::Ready(result) => Ok(result),
+            Ack::Pending(_) => Err(self),
+        }
+    }
 }
 
 impl Future for PublishReceipt {
