@@ -10,7 +10,9 @@ use super::BusError;
 pub struct BusConfig {
     /// Which broker to use, with its own settings.
     pub backend: BackendConfig,
-    /// Most publishes awaiting their broker acknowledgement at once.
+    /// Most publishes awaiting their broker acknowledgement at once. The memory backend
+    /// acknowledges a publish when it is queued (its bounded queues hold back the publishers),
+    /// so none ever awaits and the window does not apply.
     pub publish_window: usize,
     /// How long a publish waits for a slot in a full window before failing with
     /// [`BusError::Backpressure`].

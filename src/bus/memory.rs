@@ -219,6 +219,10 @@ impl Transport for MemoryTransport {
         })
     }
 
+    fn acknowledges_when_taken(&self) -> bool {
+        true
+    }
+
     fn try_send(&self, topic: &str, record: Record) -> Result<Result<Ack, BusError>, Record> {
         if self.closed.load(Ordering::Acquire) {
             return Ok(Err(BusError::Closed));

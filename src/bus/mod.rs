@@ -240,6 +240,11 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn try_send(&self, _topic: &str, record: Record) -> Result<Result<Ack, BusError>, Record> {
         Err(record)
     }
+    /// Whether every ack is known when the record is taken ([`Ack::Ready`]): then no receipt
+    /// is ever outstanding, and publishes need no slot of the window.
+    fn acknowledges_when_taken(&self) -> bool {
+        false
+    }
     /// Starts consuming `topic` as `group`, handing each message to `sink`.
     fn subscribe<'a>(
         &'a self,
@@ -273,7 +278,8 @@ pub(crate) trait Consumer: Send {
 pub struct EventBus {
     transport: Arc<dyn Transport>,
     config: BusConfig,
-    window: Arc<Semaphore>,
+    /// Bounds the receipts outstanding; none for a transport that acknowledges when taken.
+    window: Option<Arc<Semaphore>>,
     closed: AtomicBool,
     subscriptions: Mutex<Vec<Arc<SubscriptionInner>>>,
 }
@@ -293,9 +299,11 @@ impl EventBus {
                 Arc::new(nats::NatsTransport::connect(nats.clone(), &config).await?)
             }
         };
+        let window = (!transport.acknowledges_when_taken())
+            .then(|| Arc::new(Semaphore::new(config.publish_window)));
         Ok(EventBus {
             transport,
-            window: Arc::new(Semaphore::new(config.publish_window)),
+            window,
             config,
             closed: AtomicBool::new(false),
             subscriptions: Mutex::new(Vec::new()),
@@ -368,7 +376,10 @@ impl EventBus {
         if self.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        let permit = acquire_window(&self.window, self.config.publish_timeout).await?;
+        let permit = match &self.window {
+            Some(window) => Some(acquire_window(window, self.config.publish_timeout).await?),
+            None => None,
+        };
         let ack = match self.transport.try_send(topic, record) {
             Ok(taken) => {
                 // Taken without waiting: count it against the task's scheduling budget, as a
@@ -524,7 +535,7 @@ async fn pool_drain(pool: Arc<pool::Pool>, timeout: Duration) -> Option<BusError
 #[must_use = "a receipt does nothing unless awaited; dropping it frees its window slot early"]
 pub struct PublishReceipt {
     ack: Ack,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PublishReceipt {
