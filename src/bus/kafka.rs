@@ -176,6 +176,52 @@ impl KafkaTransport {
     }
 }
 
+/// The librdkafka record of `record`, borrowing its payload, key and headers.
+fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, str, [u8]> {
+    let mut future_record: FutureRecord<'_, str, [u8]> =
+        FutureRecord::to(topic).payload(&record.payload[..]);
+    // No header list at all for raw records: librdkafka allocates one even when empty.
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in record.headers.iter() {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        future_record = future_record.headers(headers);
+    }
+    if let Some(key) = record.key.as_deref() {
+        future_record = future_record.key(key);
+    }
+    future_record
+}
+
+impl KafkaTransport {
+    /// The ack to come of a record librdkafka took.
+    fn ack_for(&self, delivery: rdkafka::producer::DeliveryFuture) -> Ack {
+        let state = self.state.clone();
+        let ack_timeout = self.ack_timeout;
+        Ack::pending(async move {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    // A delivery report from the broker: connected again.
+                    state.store(STATE_CONNECTED, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                    Err(BusError::ack_timed_out(ack_timeout))
+                }
+                Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
+                Err(_) => Err(BusError::broker(
+                    BACKEND,
+                    "the producer was dropped before the delivery report",
+                )),
+            }
+        })
+    }
+}
+
 impl Transport for KafkaTransport {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -185,49 +231,10 @@ impl Transport for KafkaTransport {
         Box::pin(async move {
             self.create_topic(topic).await?;
             let started = tokio::time::Instant::now();
-            let mut future_record: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(topic).payload(&record.payload[..]);
-            // No header list at all for raw records: librdkafka allocates one even when empty.
-            if !record.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                for (key, value) in record.headers.iter() {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    });
-                }
-                future_record = future_record.headers(headers);
-            }
-            if let Some(key) = record.key.as_deref() {
-                future_record = future_record.key(key);
-            }
+            let mut future_record = future_record(topic, &record);
             loop {
                 match self.producer.send_result(future_record) {
-                    Ok(delivery) => {
-                        let state = self.state.clone();
-                        let ack_timeout = self.ack_timeout;
-                        let answer = async move {
-                            match delivery.await {
-                                Ok(Ok(_)) => {
-                                    // A delivery report from the broker: connected again.
-                                    state.store(STATE_CONNECTED, Ordering::Relaxed);
-                                    Ok(())
-                                }
-                                Ok(Err((
-                                    KafkaError::MessageProduction(
-                                        RDKafkaErrorCode::MessageTimedOut,
-                                    ),
-                                    _,
-                                ))) => Err(BusError::ack_timed_out(ack_timeout)),
-                                Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
-                                Err(_) => Err(BusError::broker(
-                                    BACKEND,
-                                    "the producer was dropped before the delivery report",
-                                )),
-                            }
-                        };
-                        return Ok(Ack::pending(answer));
-                    }
+                    Ok(delivery) => return Ok(self.ack_for(delivery)),
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                         if started.elapsed() >= self.publish_timeout {
                             return Err(BusError::Backpressure {
@@ -243,6 +250,19 @@ impl Transport for KafkaTransport {
                 }
             }
         })
+    }
+
+    fn try_send(&self, topic: &str, record: Record) -> Result<Result<Ack, BusError>, Record> {
+        // A topic not created yet, or a full producer queue, takes the waiting path.
+        if !self.known_topics.is_known(topic) {
+            return Err(record);
+        }
+        let result = self.producer.send_result(future_record(topic, &record));
+        match result {
+            Ok(delivery) => Ok(Ok(self.ack_for(delivery))),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(record),
+            Err((error, _)) => Ok(Err(BusError::broker(BACKEND, error))),
+        }
     }
 
     fn subscribe<'a>(

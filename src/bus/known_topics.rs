@@ -21,16 +21,21 @@ impl KnownTopics {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), BusError>>,
     {
-        if self.seen.read().unwrap().contains(topic) {
+        if self.is_known(topic) {
             return Ok(());
         }
         let _one_at_a_time = self.creating.lock().await;
-        if self.seen.read().unwrap().contains(topic) {
+        if self.is_known(topic) {
             return Ok(());
         }
         create().await?;
         self.seen.write().unwrap().insert(topic.to_owned());
         Ok(())
+    }
+
+    /// Whether `topic` was created already (then `ensure` has nothing to do).
+    pub fn is_known(&self, topic: &str) -> bool {
+        self.seen.read().unwrap().contains(topic)
     }
 
     /// Forgets a deleted topic, so that it is created again when used.
