@@ -518,6 +518,7 @@ fn run_once(
     side: &'static str,
     binary: &Path,
     options: &AbOptions,
+    run_args: &[String],
     env: &[(String, String)],
     dir: &Path,
 ) -> Result<Vec<CellSample>, AbError> {
@@ -531,7 +532,7 @@ fn run_once(
         .arg(&options.scenario)
         .args(["--no-progress", "--out"])
         .arg(dir)
-        .args(&options.run_args)
+        .args(run_args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(
@@ -589,10 +590,6 @@ fn rounds(
     run_args: &[String],
     runs_dir: &Path,
 ) -> Result<(Vec<Run>, Vec<Run>), AbError> {
-    let options = AbOptions {
-        run_args: run_args.to_vec(),
-        ..options.clone()
-    };
     let mut base_runs = Vec::new();
     let mut head_runs = Vec::new();
     for round in 0..options.runs {
@@ -610,7 +607,7 @@ fn rounds(
                 (head_binary, &options.head_env, &mut head_runs)
             };
             let dir = runs_dir.join(format!("{side}-{}", round + 1));
-            into.push(run_once(side, binary, &options, env, &dir)?);
+            into.push(run_once(side, binary, options, run_args, env, &dir)?);
         }
     }
     Ok((base_runs, head_runs))
