@@ -1,9 +1,10 @@
 //! Message headers: an ordered list of name and value pairs, cheap to clone and free when empty.
 //!
 //! Every name and value of one message lives in one text buffer, and where each ends in a short
-//! list kept inline: a message's headers cost two allocations (the shared block and its text)
-//! however many there are, when sending and when receiving, instead of one per value.
+//! list kept inline; a message's headers are one allocation, the text stored in it beside the
+//! list when it is short (an envelope's is), instead of one allocation per value.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,6 +13,10 @@ const TYPICAL_HEADER_BYTES: usize = 40;
 
 /// How many headers fit without a second list (an envelope carries five to eight).
 const INLINE: usize = 8;
+
+/// Text bytes stored inside the block itself; longer text gets a heap buffer of its own. An
+/// envelope's five headers take about 170 bytes, its eight about 280.
+const INLINE_TEXT: usize = 320;
 
 /// A message's headers, in the order they were sent. Names may repeat; [`Headers::get`] finds
 /// the first.
@@ -28,11 +33,83 @@ struct Bounds {
 
 #[derive(Debug, Clone)]
 struct Block {
-    text: String,
     inline: [Bounds; INLINE],
     inline_len: u8,
     /// Headers past the first [`INLINE`] ones.
     spilled: Vec<Bounds>,
+    text: Text,
+}
+
+/// A block's names and values, one after another.
+// The inline room is the point: it lives inside the block's one allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Text {
+    /// The first `len` bytes, copied from a `String` and never changed: valid UTF-8.
+    Inline { len: u16, bytes: [u8; INLINE_TEXT] },
+    /// Text too long to keep inline.
+    Heap(String),
+}
+
+impl Text {
+    /// Room for text copied in by [`Text::fill`].
+    const fn empty() -> Text {
+        Text::Inline {
+            len: 0,
+            bytes: [0; INLINE_TEXT],
+        }
+    }
+
+    /// Takes `text` in: copied into the block's own room when it fits (the buffer is kept for
+    /// the thread's next builder), kept as it is otherwise.
+    fn fill(&mut self, text: String) {
+        match self {
+            Text::Inline { len, bytes } if text.len() <= INLINE_TEXT => {
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                *len = text.len() as u16;
+                recycle(text);
+            }
+            _ => *self = Text::Heap(text),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // SAFETY: `fill` copied these bytes whole from a `String`, so they are valid
+            // UTF-8, and nothing changes them after.
+            Text::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
+            },
+            Text::Heap(text) => text,
+        }
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+thread_local! {
+    /// A builder's text buffer, kept for the thread's next builder once its text was copied
+    /// into a block: building headers allocates only the block.
+    static SPARE_TEXT: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// An empty text buffer with room for `bytes`, the thread's spare one when there is one.
+fn text_buffer(bytes: usize) -> String {
+    let mut text = SPARE_TEXT.take();
+    text.clear();
+    text.reserve(bytes);
+    text
+}
+
+/// Keeps `text`'s buffer for the thread's next builder (a large one is let go).
+fn recycle(text: String) {
+    if text.capacity() <= 4 * INLINE_TEXT {
+        SPARE_TEXT.set(text);
+    }
 }
 
 impl Block {
@@ -57,12 +134,10 @@ impl Headers {
     /// grows.
     pub fn builder(text_bytes: usize) -> HeadersBuilder {
         HeadersBuilder {
-            block: Block {
-                text: String::with_capacity(text_bytes),
-                inline: [Bounds::default(); INLINE],
-                inline_len: 0,
-                spilled: Vec::new(),
-            },
+            text: text_buffer(text_bytes),
+            inline: [Bounds::default(); INLINE],
+            inline_len: 0,
+            spilled: Vec::new(),
         }
     }
 
@@ -126,9 +201,16 @@ impl Headers {
     /// A builder holding these headers, to add more.
     pub fn extended(&self) -> HeadersBuilder {
         match self.0.as_deref() {
-            Some(block) => HeadersBuilder {
-                block: block.clone(),
-            },
+            Some(block) => {
+                let mut text = text_buffer(block.text.as_str().len());
+                text.push_str(block.text.as_str());
+                HeadersBuilder {
+                    text,
+                    inline: block.inline,
+                    inline_len: block.inline_len,
+                    spilled: block.spilled.clone(),
+                }
+            }
             None => Headers::builder(0),
         }
     }
@@ -137,7 +219,10 @@ impl Headers {
 /// Builds [`Headers`] in one text buffer: see [`Headers::builder`].
 #[derive(Debug)]
 pub struct HeadersBuilder {
-    block: Block,
+    text: String,
+    inline: [Bounds; INLINE],
+    inline_len: u8,
+    spilled: Vec<Bounds>,
 }
 
 impl HeadersBuilder {
@@ -149,7 +234,7 @@ impl HeadersBuilder {
     /// Adds a header whose value `write_value` appends to the text buffer (no string of its
     /// own).
     pub fn push_with(&mut self, name: &str, write_value: impl FnOnce(&mut String)) -> &mut Self {
-        let text = &mut self.block.text;
+        let text = &mut self.text;
         text.push_str(name);
         let name_end = offset(text.len());
         write_value(text);
@@ -157,24 +242,35 @@ impl HeadersBuilder {
             name_end,
             value_end: offset(text.len()),
         };
-        let block = &mut self.block;
-        match block.inline.get_mut(usize::from(block.inline_len)) {
+        match self.inline.get_mut(usize::from(self.inline_len)) {
             Some(slot) => {
                 *slot = bounds;
-                block.inline_len += 1;
+                self.inline_len += 1;
             }
-            None => block.spilled.push(bounds),
+            None => self.spilled.push(bounds),
         }
         self
     }
 
-    /// The headers (nothing allocated beyond the text when there are none).
+    /// The headers: one allocation, none when there are no headers.
     pub fn build(self) -> Headers {
-        if self.block.len() == 0 {
-            Headers(None)
-        } else {
-            Headers(Some(Arc::new(self.block)))
+        if self.inline_len == 0 {
+            recycle(self.text);
+            return Headers(None);
         }
+        // Made in place in its allocation, then filled: the block is a few hundred bytes,
+        // not worth moving around.
+        let mut block = Arc::new(Block {
+            inline: self.inline,
+            inline_len: self.inline_len,
+            spilled: self.spilled,
+            text: Text::empty(),
+        });
+        Arc::get_mut(&mut block)
+            .expect("a block no one else holds yet")
+            .text
+            .fill(self.text);
+        Headers(Some(block))
     }
 }
 
@@ -270,6 +366,27 @@ mod tests {
             .collect();
         assert_eq!(back, pairs);
         assert_eq!(headers.get("name-18"), Some("v".repeat(18).as_str()));
+    }
+
+    #[test]
+    fn long_text_is_kept_whole_and_buffers_reused_start_empty() {
+        let long = "é".repeat(INLINE_TEXT);
+        let mut builder = Headers::builder(8);
+        builder.push("X-Long", &long).push("X-After", "1");
+        let headers = builder.build();
+        assert_eq!(headers.get("X-Long"), Some(long.as_str()));
+        assert_eq!(headers.get("X-After"), Some("1"));
+        // Text that fits inline, built right after on the same thread (the spare buffer is
+        // reused), holds only its own headers.
+        for value in ["first", "second"] {
+            let mut builder = Headers::builder(0);
+            builder.push("X-Value", value);
+            let short = builder.build();
+            assert_eq!(short.text(), format!("X-Value{value}"));
+        }
+        let empty = Headers::builder(64).build();
+        assert!(empty.is_empty());
+        assert_eq!(empty.text(), "");
     }
 
     #[test]
