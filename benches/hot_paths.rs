@@ -174,7 +174,7 @@ fn bus_round_trip(c: &mut Criterion, envelopes: bool) {
                                 (k / 100 + 1) as i64,
                                 payload.clone(),
                             );
-                            bus.publish_envelope_pipelined("bench", &event).await
+                            bus.publish_envelope_pipelined("bench", event).await
                         } else {
                             bus.publish_pipelined("bench", payload.clone()).await
                         };

@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for version in 1..=3 {
         let event = Envelope::new("order:42", "OrderUpdated", version, r#"{"total":12}"#);
-        bus.publish_envelope("orders", &event).await?; // resolves on the broker's ack
+        bus.publish_envelope("orders", event).await?; // resolves on the broker's ack
     }
     for _ in 0..3 {
         tokio::time::timeout(Duration::from_secs(5), finished.recv()).await?;

@@ -110,7 +110,7 @@ async fn envelope_round_trip(backend: &str) {
         .await
         .unwrap();
     subscription.wait_ready(WAIT).await.unwrap();
-    bus.publish_envelope(&topic, &sent).await.unwrap();
+    bus.publish_envelope(&topic, sent.clone()).await.unwrap();
     eventually("the envelope", WAIT, || received.lock().unwrap().is_some()).await;
     subscription.close().await.unwrap();
     let got = received.lock().unwrap().take().unwrap();
@@ -143,7 +143,7 @@ async fn envelope_validation(backend: &str) {
     for (break_it, expected) in cases {
         let mut envelope = valid.clone();
         break_it(&mut envelope);
-        let error = bus.publish_envelope(&topic, &envelope).await.unwrap_err();
+        let error = bus.publish_envelope(&topic, envelope).await.unwrap_err();
         assert_eq!(error.kind(), BusErrorKind::InvalidEnvelope);
         match error {
             busbench::bus::BusError::InvalidEnvelope(inner) => assert_eq!(inner, expected),
@@ -208,7 +208,7 @@ async fn per_aggregate_order(backend: &str) {
                         Bytes::from(format!("{aggregate}:{version}")),
                     );
                     receipts.push(
-                        bus.publish_envelope_pipelined(&topic, &envelope)
+                        bus.publish_envelope_pipelined(&topic, envelope)
                             .await
                             .unwrap(),
                     );

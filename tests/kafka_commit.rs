@@ -64,14 +64,14 @@ async fn a_slow_message_holds_back_the_commit_and_is_redelivered_after_restart()
     // Offset 0: aggregate "slow"; offsets 1..=9: aggregate "fast" (another worker).
     bus.publish_envelope(
         &topic,
-        &Envelope::new("slow", "Step", 1, Bytes::from_static(b"s1")),
+        Envelope::new("slow", "Step", 1, Bytes::from_static(b"s1")),
     )
     .await
     .unwrap();
     for version in 1..=9 {
         bus.publish_envelope(
             &topic,
-            &Envelope::new("fast", "Step", version, Bytes::from_static(b"f")),
+            Envelope::new("fast", "Step", version, Bytes::from_static(b"f")),
         )
         .await
         .unwrap();

@@ -67,7 +67,7 @@ fn exercise_and_close(backend: &str) {
                 i / 5 + 1,
                 Bytes::from_static(b"{}"),
             );
-            bus.publish_envelope(&envelope_topic, &envelope)
+            bus.publish_envelope(&envelope_topic, envelope)
                 .await
                 .unwrap();
         }

@@ -350,8 +350,9 @@ impl EventBus {
         self.send(topic, record).await
     }
 
-    /// Validates and publishes an envelope; resolves once the broker acknowledged it.
-    pub async fn publish_envelope(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
+    /// Validates and publishes an envelope; resolves once the broker acknowledged it. The
+    /// envelope is taken, not copied: its payload and aggregate id go out as they are.
+    pub async fn publish_envelope(&self, topic: &str, envelope: Envelope) -> Result<(), BusError> {
         self.publish_envelope_pipelined(topic, envelope)
             .await?
             .await
@@ -361,13 +362,14 @@ impl EventBus {
     pub async fn publish_envelope_pipelined(
         &self,
         topic: &str,
-        envelope: &Envelope,
+        envelope: Envelope,
     ) -> Result<PublishReceipt, BusError> {
         envelope.validate()?;
+        let headers = envelope.headers();
         let record = Record {
-            key: Some(envelope.aggregate_id.clone()),
-            headers: envelope.headers(),
-            payload: envelope.payload.clone(),
+            key: Some(envelope.aggregate_id),
+            headers,
+            payload: envelope.payload,
         };
         self.send(topic, record).await
     }

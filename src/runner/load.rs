@@ -192,7 +192,7 @@ pub async fn publish(
                 );
                 tokio::select! {
                     biased;
-                    result = bus.publish_envelope_pipelined(topic, &envelope) => result,
+                    result = bus.publish_envelope_pipelined(topic, envelope) => result,
                     _ = &mut stopped => break,
                 }
             }

@@ -1036,7 +1036,7 @@ async fn measure(
                     Mode::Envelope => {
                         let envelope =
                             crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
-                        bus.publish_envelope(topic, &envelope).await
+                        bus.publish_envelope(topic, envelope).await
                     }
                 }
             })
