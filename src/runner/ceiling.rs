@@ -21,8 +21,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use async_nats::jetstream;
 
-use crate::bus::{BackendConfig, BusConfig};
+use crate::bus::{BackendConfig, BusConfig, Headers, SharedStr};
 use crate::metrics::recorder::{Recorder, Stamp};
+use crate::runner::load::AckTally;
 
 /// The load of a ceiling run.
 #[derive(Debug, Clone)]
@@ -52,8 +53,8 @@ pub struct CeilingLoad {
     /// Records shaped like envelopes for this many aggregates (the envelope cells' load), or
     /// `None` for raw records. Envelope records carry what the bus's envelopes carry on the
     /// wire, so that the client pays for the same bytes: the aggregate id as the record key
-    /// (Kafka), the five envelope headers, each message's topic chosen by its aggregate; the
-    /// consumer reads every header. Building and parsing the envelopes themselves (event ids,
+    /// (Kafka, and the memory channel's records), the five envelope headers, each message's
+    /// topic chosen by its aggregate; the consumer reads every header. Building and parsing the envelopes themselves (event ids,
     /// timestamps, validation) is left to the bus: that is part of what it costs.
     pub envelope_aggregates: Option<u64>,
     /// Publish only, with no consumer: the figure to hold against the brokers' own publish
@@ -449,19 +450,61 @@ async fn kafka_receive(
 }
 
 /// Message `seq` of the warm-up or of the measured load, stamped with its send time when the
-/// harness accounts for it.
-fn payload(load: &CeilingLoad, seq: u64, warmup: bool, recorder: Option<&Recorder>) -> Bytes {
+/// harness accounts for it, and that send time.
+fn payload(
+    load: &CeilingLoad,
+    seq: u64,
+    warmup: bool,
+    recorder: Option<&Recorder>,
+) -> (Bytes, u64) {
+    let intended = recorder.map_or(0, Recorder::now_nanos);
     let stamp = if warmup {
         Stamp::warmup(seq)
     } else {
         Stamp {
-            intended_nanos: recorder.map_or(0, Recorder::now_nanos),
+            intended_nanos: intended,
             seq,
             aggregate: 0,
             version: 0,
         }
     };
-    stamp.payload(load.payload_bytes)
+    (stamp.payload(load.payload_bytes), intended)
+}
+
+/// A ceiling publisher's accounting for its acknowledgements, the same as a cell's publisher
+/// keeps (each one's publish latency from its send time, the acknowledged mark that the loss
+/// count reads, the per-second count); nothing for the warm-up or the bare client.
+struct PublishAccounting<'r> {
+    recorder: Option<&'r Recorder>,
+    tally: AckTally,
+    origin: u64,
+}
+
+impl<'r> PublishAccounting<'r> {
+    fn new(recorder: Option<&'r Recorder>, warmup: bool) -> Self {
+        let recorder = recorder.filter(|_| !warmup);
+        PublishAccounting {
+            recorder,
+            tally: AckTally::new(),
+            origin: recorder.map_or(0, Recorder::now_nanos),
+        }
+    }
+
+    /// Accounts for the acknowledgement of message `seq`, sent at `intended`.
+    fn acknowledged(&mut self, intended: u64, seq: u64) {
+        if let Some(recorder) = self.recorder {
+            self.tally
+                .count(Ok(()), intended, seq, recorder, self.origin);
+        }
+    }
+}
+
+/// What the memory ceiling's channel carries: a payload and, for envelope loads, the key and
+/// headers a bus record carries.
+struct MemoryRecord {
+    payload: Bytes,
+    key: Option<SharedStr>,
+    headers: Headers,
 }
 
 async fn memory(
@@ -471,7 +514,8 @@ async fn memory(
     if load.publish_only {
         return Err("a publish-only ceiling has no meaning for the memory backend".into());
     }
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(load.max_in_flight.max(1));
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<MemoryRecord>(load.max_in_flight.max(1));
     let consumer_recorder = recorder.clone();
     let (warmed, warmed_up) = tokio::sync::oneshot::channel();
     let mut warmed = Some(warmed);
@@ -485,9 +529,13 @@ async fn memory(
                 let _ = warmed.send(());
             }
             match receiver.recv().await {
-                Some(payload) => {
+                Some(record) => {
+                    for header in record.headers.iter() {
+                        std::hint::black_box(header);
+                    }
+                    std::hint::black_box(&record.key);
                     if let Some(recorder) = &consumer_recorder {
-                        recorder.on_message(&payload);
+                        recorder.on_message(&record.payload);
                     }
                     received += 1;
                 }
@@ -508,9 +556,10 @@ async fn memory(
     Ok(start.figures(received, end))
 }
 
-/// Sends `messages` into the channel from the load's publishers, as the cell's publishers do.
+/// Sends `messages` into the channel from the load's publishers, as the cell's publishers do;
+/// a message in the channel is acknowledged, as the memory backend's are.
 async fn memory_send_all(
-    sender: &tokio::sync::mpsc::Sender<Bytes>,
+    sender: &tokio::sync::mpsc::Sender<MemoryRecord>,
     load: &CeilingLoad,
     messages: u64,
     warmup: bool,
@@ -519,11 +568,27 @@ async fn memory_send_all(
     from_publishers(load, messages, |seqs, _window| {
         let (sender, load, recorder) = (sender.clone(), load.clone(), recorder.clone());
         async move {
+            let shapes: Vec<(SharedStr, Headers)> = load
+                .envelope_shapes()
+                .into_iter()
+                .map(|shape| (SharedStr::from(shape.key), Headers::from(shape.headers)))
+                .collect();
+            let mut accounting = PublishAccounting::new(recorder.as_deref(), warmup);
             for seq in seqs {
+                let (payload, intended) = payload(&load, seq, warmup, recorder.as_deref());
+                let (key, headers) = match shapes.get((seq % shapes.len().max(1) as u64) as usize) {
+                    Some((key, headers)) => (Some(key.clone()), headers.clone()),
+                    None => (None, Headers::new()),
+                };
                 sender
-                    .send(payload(&load, seq, warmup, recorder.as_deref()))
+                    .send(MemoryRecord {
+                        payload,
+                        key,
+                        headers,
+                    })
                     .await
                     .map_err(|_| "the channel closed".to_owned())?;
+                accounting.acknowledged(intended, seq);
             }
             Ok(())
         }
@@ -647,35 +712,42 @@ async fn kafka_send_all(
 }
 
 /// Acknowledgements a ceiling publisher waits for, at most `window` at once: past that it
-/// waits for the oldest, as the bus's window makes a cell's publishers wait.
-struct AckWindow<F> {
-    in_flight: VecDeque<F>,
+/// waits for the oldest, as the bus's window makes a cell's publishers wait. Each one is
+/// accounted for as it arrives.
+struct AckWindow<'r, F> {
+    /// Each acknowledgement to come, with its message's send time and sequence number.
+    in_flight: VecDeque<(F, u64, u64)>,
     window: usize,
+    accounting: PublishAccounting<'r>,
 }
 
-impl<F: std::future::Future<Output = Result<(), String>>> AckWindow<F> {
-    fn new(window: usize) -> Self {
+impl<'r, F: std::future::Future<Output = Result<(), String>>> AckWindow<'r, F> {
+    fn new(window: usize, accounting: PublishAccounting<'r>) -> Self {
         AckWindow {
             in_flight: VecDeque::with_capacity(window),
             window: window.max(1),
+            accounting,
         }
     }
 
-    /// Adds an acknowledgement to come; with the window full, waits for the oldest.
-    async fn push(&mut self, ack: F) -> Result<(), String> {
-        self.in_flight.push_back(ack);
+    /// Adds the acknowledgement to come of message `seq`, sent at `intended`; with the window
+    /// full, waits for the oldest.
+    async fn push(&mut self, ack: F, intended: u64, seq: u64) -> Result<(), String> {
+        self.in_flight.push_back((ack, intended, seq));
         if self.in_flight.len() > self.window
-            && let Some(oldest) = self.in_flight.pop_front()
+            && let Some((oldest, intended, seq)) = self.in_flight.pop_front()
         {
             oldest.await?;
+            self.accounting.acknowledged(intended, seq);
         }
         Ok(())
     }
 
     /// Waits for every acknowledgement still out.
-    async fn finish(self) -> Result<(), String> {
-        for ack in self.in_flight {
+    async fn finish(mut self) -> Result<(), String> {
+        while let Some((ack, intended, seq)) = self.in_flight.pop_front() {
             ack.await?;
+            self.accounting.acknowledged(intended, seq);
         }
         Ok(())
     }
@@ -718,9 +790,9 @@ async fn kafka_send(
 ) -> Result<(), String> {
     let names = load.topic_names();
     let shapes = load.envelope_shapes();
-    let mut in_flight = AckWindow::new(window);
+    let mut in_flight = AckWindow::new(window, PublishAccounting::new(recorder, warmup));
     for seq in seqs {
-        let body = payload(load, seq, warmup, recorder);
+        let (body, intended) = payload(load, seq, warmup, recorder);
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(load.topic_of(&names, seq)).payload(&body[..]);
         if let Some(shape) = load.shape_of(&shapes, seq) {
@@ -737,15 +809,14 @@ async fn kafka_send(
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    in_flight
-                        .push(async move {
-                            match delivery.await {
-                                Ok(Ok(_)) => Ok(()),
-                                Ok(Err((error, _))) => Err(error.to_string()),
-                                Err(canceled) => Err(canceled.to_string()),
-                            }
-                        })
-                        .await?;
+                    let ack = async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((error, _))) => Err(error.to_string()),
+                            Err(canceled) => Err(canceled.to_string()),
+                        }
+                    };
+                    in_flight.push(ack, intended, seq).await?;
                     break;
                 }
                 Err((
@@ -875,10 +946,10 @@ async fn nats_send(
 ) -> Result<(), String> {
     let names = load.topic_names();
     let shapes = load.envelope_shapes();
-    let mut in_flight = AckWindow::new(window);
+    let mut in_flight = AckWindow::new(window, PublishAccounting::new(recorder, warmup));
     for seq in seqs {
         let subject = load.topic_of(&names, seq).to_owned();
-        let body = payload(load, seq, warmup, recorder);
+        let (body, intended) = payload(load, seq, warmup, recorder);
         let sent = match load.shape_of(&shapes, seq) {
             Some(shape) => {
                 let mut headers = async_nats::HeaderMap::new();
@@ -890,9 +961,8 @@ async fn nats_send(
             None => context.publish(subject, body).await,
         };
         let ack = sent.map_err(|e| e.to_string())?;
-        in_flight
-            .push(async move { ack.await.map(|_| ()).map_err(|e| e.to_string()) })
-            .await?;
+        let ack = async move { ack.await.map(|_| ()).map_err(|e| e.to_string()) };
+        in_flight.push(ack, intended, seq).await?;
     }
     in_flight.finish().await
 }

@@ -248,7 +248,7 @@ pub async fn publish(
 }
 
 impl AckTally {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         AckTally {
             histogram: latency::new_histogram(),
             acknowledged: 0,
@@ -261,7 +261,7 @@ impl AckTally {
     }
 
     /// Counts the outcome of the publish of message `seq`, intended at `intended`.
-    fn count(
+    pub(crate) fn count(
         &mut self,
         outcome: Result<(), BusError>,
         intended: u64,
@@ -299,8 +299,9 @@ impl AckTally {
     }
 }
 
-/// What a publisher's acknowledgement collector counted.
-struct AckTally {
+/// What a publisher's acknowledgement collector counted. The client ceilings' publishers keep
+/// one too, so that they pay for the same accounting per message as a cell's.
+pub(crate) struct AckTally {
     histogram: Histogram<u64>,
     acknowledged: u64,
     errors: u64,
