@@ -97,7 +97,7 @@ impl CeilingLoad {
         (0..aggregates.max(1))
             .map(|aggregate| {
                 let mut envelope = template.clone();
-                envelope.aggregate_id = format!("aggregate-{aggregate}").into();
+                envelope.aggregate_id = super::load::aggregate_id(aggregate).into();
                 let headers = envelope
                     .headers()
                     .iter()

@@ -97,7 +97,7 @@ pub async fn publish(
     let aggregate_ids: Vec<SharedStr> = match plan.mode {
         Mode::Envelope => owned
             .iter()
-            .map(|a| SharedStr::from(format!("aggregate-{a}")))
+            .map(|a| SharedStr::from(aggregate_id(*a)))
             .collect(),
         Mode::Raw => Vec::new(),
     };
@@ -297,6 +297,12 @@ impl AckTally {
         self.last_ack = self.last_ack.max(other.last_ack);
         self.per_second.merge(&other.per_second);
     }
+}
+
+/// The id of aggregate number `aggregate` in the load (the warm-up and the ceilings use the
+/// same ids, so that they reach the same partitions, streams and workers).
+pub(crate) fn aggregate_id(aggregate: u64) -> String {
+    format!("aggregate-{aggregate}")
 }
 
 /// What a publisher's acknowledgement collector counted. The client ceilings' publishers keep

@@ -1029,13 +1029,25 @@ async fn measure(
                     );
                     tokio::time::sleep_until(began + due).await;
                 }
-                let topic = &topics[(seq % topics.len() as u64) as usize];
                 let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
                 match mode {
-                    Mode::Raw => bus.publish(topic, payload).await,
+                    Mode::Raw => {
+                        let topic = &topics[(seq % topics.len() as u64) as usize];
+                        bus.publish(topic, payload).await
+                    }
                     Mode::Envelope => {
-                        let envelope =
-                            crate::bus::Envelope::new("warmup", "Warmup", seq as i64 + 1, payload);
+                        // Over the load's aggregates and their topics, as the measured phase
+                        // spreads them: every partition, stream and keyed worker is warm
+                        // before measuring, not the one a single warm-up aggregate reaches.
+                        let aggregates = scenario.aggregates.max(1);
+                        let aggregate = seq % aggregates;
+                        let topic = &topics[(aggregate % topics.len() as u64) as usize];
+                        let envelope = crate::bus::Envelope::new(
+                            load::aggregate_id(aggregate),
+                            "Warmup",
+                            (seq / aggregates) as i64 + 1,
+                            payload,
+                        );
                         bus.publish_envelope(topic, envelope).await
                     }
                 }
