@@ -280,9 +280,11 @@ const SECOND_LEN: usize = 19;
 thread_local! {
     /// The second (Unix time) a thread last wrote a timestamp in, and its text: consecutive
     /// events mostly share their second, so the calendar arithmetic runs once a second.
-    static WRITTEN_SECOND: Cell<(i64, [u8; SECOND_LEN])> = const { Cell::new((i64::MIN, [0; SECOND_LEN])) };
+    static WRITTEN_SECOND: Cell<(i64, [u8; SECOND_LEN])> =
+        const { Cell::new((i64::MIN, [0; SECOND_LEN])) };
     /// The text of the second a thread last read a timestamp in, and that second.
-    static READ_SECOND: Cell<([u8; SECOND_LEN], i64)> = const { Cell::new(([0; SECOND_LEN], i64::MIN)) };
+    static READ_SECOND: Cell<([u8; SECOND_LEN], i64)> =
+        const { Cell::new(([0; SECOND_LEN], i64::MIN)) };
 }
 
 thread_local! {

@@ -54,8 +54,9 @@ pub struct CeilingLoad {
     /// `None` for raw records. Envelope records carry what the bus's envelopes carry on the
     /// wire, so that the client pays for the same bytes: the aggregate id as the record key
     /// (Kafka, and the memory channel's records), the five envelope headers, each message's
-    /// topic chosen by its aggregate; the consumer reads every header. Building and parsing the envelopes themselves (event ids,
-    /// timestamps, validation) is left to the bus: that is part of what it costs.
+    /// topic chosen by its aggregate; the consumer reads every header. Building and parsing
+    /// the envelopes themselves (event ids, timestamps, validation) is left to the bus: that
+    /// is part of what it costs.
     pub envelope_aggregates: Option<u64>,
     /// Publish only, with no consumer: the figure to hold against the brokers' own publish
     /// tools (`nats bench js pub async`, Kafka's `ProducerPerformance`). Not for the memory
@@ -457,7 +458,11 @@ fn payload(
     warmup: bool,
     recorder: Option<&Recorder>,
 ) -> (Bytes, u64) {
-    let intended = recorder.map_or(0, Recorder::now_nanos);
+    let intended = if warmup {
+        0
+    } else {
+        recorder.map_or(0, Recorder::now_nanos)
+    };
     let stamp = if warmup {
         Stamp::warmup(seq)
     } else {
