@@ -7,7 +7,7 @@
 use std::cell::Cell;
 
 use bytes::Bytes;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Datelike as _, NaiveDate, NaiveTime, Timelike as _, Utc};
 
@@ -119,9 +119,9 @@ impl Envelope {
         event_version: i64,
         payload: impl Into<Bytes>,
     ) -> Self {
-        let timestamp = now();
+        let (timestamp, since_epoch) = now();
         Envelope {
-            event_id: new_event_id(&timestamp),
+            event_id: new_event_id(since_epoch),
             aggregate_id: aggregate_id.into(),
             event_type: event_type.into(),
             event_version,
@@ -260,14 +260,14 @@ thread_local! {
     static UUID_CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
 }
 
-/// A UUIDv7 for an event that happened at `at`, in its hyphenated lower-case form.
-fn new_event_id(at: &DateTime<Utc>) -> SharedStr {
-    let seconds = u64::try_from(at.timestamp()).unwrap_or(0);
+/// A UUIDv7 for an event that happened `since_epoch` after the Unix epoch, in its hyphenated
+/// lower-case form.
+fn new_event_id(since_epoch: Duration) -> SharedStr {
     let id = UUID_CONTEXT.with(|context| {
         uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
             context,
-            seconds,
-            at.timestamp_subsec_nanos().min(999_999_999),
+            since_epoch.as_secs(),
+            since_epoch.subsec_nanos(),
         ))
     });
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -292,11 +292,20 @@ thread_local! {
     static TODAY: Cell<(i64, NaiveDate)> = const { Cell::new((i64::MIN, NaiveDate::MIN)) };
 }
 
-/// The current time, as `Utc::now` gives it, with the calendar date worked out once a day per
-/// thread rather than for every event (that was half of `Utc::now`'s cost).
-fn now() -> DateTime<Utc> {
+/// The current time, as `Utc::now` gives it, and as a duration since the Unix epoch (what the
+/// event id is made from), with the calendar date worked out once a day per thread rather than
+/// for every event (that was half of `Utc::now`'s cost).
+fn now() -> (DateTime<Utc>, Duration) {
+    let chrono_now = || {
+        let at = Utc::now();
+        let since_epoch = Duration::new(
+            u64::try_from(at.timestamp()).unwrap_or(0),
+            at.timestamp_subsec_nanos().min(999_999_999),
+        );
+        (at, since_epoch)
+    };
     let Ok(since_epoch) = SystemTime::now().duration_since(UNIX_EPOCH) else {
-        return Utc::now();
+        return chrono_now();
     };
     let seconds = since_epoch.as_secs() as i64;
     let (day, second_of_day) = (
@@ -307,13 +316,13 @@ fn now() -> DateTime<Utc> {
     if cached_day != day {
         match DateTime::from_timestamp(day * 86_400, 0) {
             Some(midnight) => date = midnight.date_naive(),
-            None => return Utc::now(),
+            None => return chrono_now(),
         }
         TODAY.set((day, date));
     }
     match NaiveTime::from_num_seconds_from_midnight_opt(second_of_day, since_epoch.subsec_nanos()) {
-        Some(time) => date.and_time(time).and_utc(),
-        None => Utc::now(),
+        Some(time) => (date.and_time(time).and_utc(), since_epoch),
+        None => chrono_now(),
     }
 }
 
@@ -322,14 +331,20 @@ fn now() -> DateTime<Utc> {
 fn write_timestamp(text: &mut String, at: &DateTime<Utc>) {
     let second = at.timestamp();
     let nanos = at.timestamp_subsec_nanos();
+    let chrono_form = |text: &mut String| {
+        text.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+    };
+    if nanos >= 1_000_000_000 {
+        // A leap second: chrono's own form.
+        return chrono_form(text);
+    }
     let (cached, mut prefix) = WRITTEN_SECOND.get();
-    if cached != second || nanos >= 1_000_000_000 {
+    if cached != second {
         let date = at.date_naive();
         let time = at.time();
-        if !(0..=9999).contains(&date.year()) || nanos >= 1_000_000_000 {
-            // Years of other than four digits, and leap seconds: chrono's own form.
-            text.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
-            return;
+        if !(0..=9999).contains(&date.year()) {
+            // Years of other than four digits: chrono's own form.
+            return chrono_form(text);
         }
         prefix = *b"0000-00-00T00:00:00";
         let fields = [
@@ -445,8 +460,10 @@ mod tests {
     fn the_clock_reads_as_chrono_reads_it() {
         for _ in 0..3 {
             let before = Utc::now();
-            let at = now();
+            let (at, since_epoch) = now();
             let after = Utc::now();
+            assert_eq!(at.timestamp(), since_epoch.as_secs() as i64);
+            assert_eq!(at.timestamp_subsec_nanos(), since_epoch.subsec_nanos());
             assert!(before <= at && at <= after, "{before} {at} {after}");
         }
     }

@@ -174,30 +174,7 @@ impl KafkaTransport {
             })
             .await
     }
-}
 
-/// The librdkafka record of `record`, borrowing its payload, key and headers.
-fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, str, [u8]> {
-    let mut future_record: FutureRecord<'_, str, [u8]> =
-        FutureRecord::to(topic).payload(&record.payload[..]);
-    // No header list at all for raw records: librdkafka allocates one even when empty.
-    if !record.headers.is_empty() {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in record.headers.iter() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        future_record = future_record.headers(headers);
-    }
-    if let Some(key) = record.key.as_deref() {
-        future_record = future_record.key(key);
-    }
-    future_record
-}
-
-impl KafkaTransport {
     /// The ack to come of a record librdkafka took.
     fn ack_for(&self, delivery: rdkafka::producer::DeliveryFuture) -> Ack {
         let state = self.state.clone();
@@ -220,6 +197,27 @@ impl KafkaTransport {
             }
         })
     }
+}
+
+/// The librdkafka record of `record`, borrowing its payload, key and headers.
+fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, str, [u8]> {
+    let mut future_record: FutureRecord<'_, str, [u8]> =
+        FutureRecord::to(topic).payload(&record.payload[..]);
+    // No header list at all for raw records: librdkafka allocates one even when empty.
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in record.headers.iter() {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        future_record = future_record.headers(headers);
+    }
+    if let Some(key) = record.key.as_deref() {
+        future_record = future_record.key(key);
+    }
+    future_record
 }
 
 impl Transport for KafkaTransport {

@@ -83,7 +83,7 @@ impl CeilingLoad {
     }
 
     /// The key and headers of message `seq`, for envelope records.
-    fn shape_of<'a>(&self, shapes: &'a [EnvelopeShape], seq: u64) -> Option<&'a EnvelopeShape> {
+    fn shape_of<'a, Shape>(&self, shapes: &'a [Shape], seq: u64) -> Option<&'a Shape> {
         self.envelope_aggregates
             .map(|aggregates| &shapes[(seq % aggregates.max(1)) as usize])
     }
@@ -581,7 +581,7 @@ async fn memory_send_all(
             let mut accounting = PublishAccounting::new(recorder.as_deref(), warmup);
             for seq in seqs {
                 let (payload, intended) = payload(&load, seq, warmup, recorder.as_deref());
-                let (key, headers) = match shapes.get((seq % shapes.len().max(1) as u64) as usize) {
+                let (key, headers) = match load.shape_of(&shapes, seq) {
                     Some((key, headers)) => (Some(key.clone()), headers.clone()),
                     None => (None, Headers::new()),
                 };
