@@ -292,7 +292,9 @@ pub struct CellResult {
     /// `cpu_us_per_msg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceiling_cpu_us_per_msg: Option<f64>,
-    /// e2e_msgs_per_sec / ceiling_msgs_per_sec.
+    /// The bus's efficiency: e2e_msgs_per_sec / ceiling_msgs_per_sec for one run. A repeated
+    /// cell reports the median of its runs' efficiencies (`repeats.efficiency`), each run's
+    /// taken against the ceiling run measured just before it.
     pub efficiency: Option<f64>,
     /// Work the process did per handled message during the measured phase, figures that do
     /// not depend on the CPU's speed.
@@ -532,7 +534,8 @@ pub struct RepeatSpread {
     /// End-to-end p99 of each run, µs.
     pub e2e_p99_us: Vec<u64>,
     /// Bus efficiency of each run (absent without a ceiling): its end-to-end throughput
-    /// over the cell's client ceiling (the median of `ceiling_msgs_per_sec`).
+    /// over the client ceiling run measured just before it (the same place in
+    /// `ceiling_msgs_per_sec`), which saw the same spell of the machine.
     #[serde(default)]
     pub efficiency: Vec<f64>,
     /// Each client ceiling run of the cell, msgs/s, one measured just before each run (absent

@@ -362,7 +362,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 }
             }
             ceilings.apply_to(&mut runs);
-            let mut cell = representative(runs, &ceilings.fair);
+            let mut cell = representative(runs, &ceilings);
             if let Some(error) = &ceilings.failure
                 && cell.status != CellStatus::Interrupted
                 && !unreachable_backends.contains_key(&backend)
@@ -437,7 +437,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
 /// The run reported for a repeated cell: the first failed run if any failed (a failure is
 /// never hidden by a median), otherwise the run with the median end-to-end throughput; with
 /// the figures of every run attached, and every ceiling run measured beside them.
-fn representative(mut runs: Vec<CellResult>, ceiling_runs: &[f64]) -> CellResult {
+fn representative(mut runs: Vec<CellResult>, ceilings: &CeilingSamples) -> CellResult {
+    use crate::metrics::model::median;
     if runs.len() == 1 {
         return runs.pop().expect("one run");
     }
@@ -449,7 +450,7 @@ fn representative(mut runs: Vec<CellResult>, ceiling_runs: &[f64]) -> CellResult
             .collect(),
         e2e_p99_us: runs.iter().map(|c| c.latency_us.e2e.p99).collect(),
         efficiency: runs.iter().filter_map(|c| c.efficiency).collect(),
-        ceiling_msgs_per_sec: ceiling_runs.to_vec(),
+        ceiling_msgs_per_sec: ceilings.fair.clone(),
         allocations_per_msg: runs
             .iter()
             .filter_map(|c| c.work_per_msg.allocations)
@@ -480,6 +481,16 @@ fn representative(mut runs: Vec<CellResult>, ceiling_runs: &[f64]) -> CellResult
         }
     };
     let mut cell = runs.swap_remove(index);
+    // The cell's ceiling figures are the medians of its ceiling runs, and its efficiency the
+    // median of its runs' own (each against the ceiling run just before it): not the
+    // representative run's, whose ceiling run may have caught a spell the others did not.
+    let median_of = |values: &[f64]| (!values.is_empty()).then(|| median(values));
+    if !ceilings.fair.is_empty() {
+        cell.ceiling_msgs_per_sec = median_of(&ceilings.fair);
+        cell.bare_client_msgs_per_sec = median_of(&ceilings.bare).or(cell.bare_client_msgs_per_sec);
+        cell.ceiling_cpu_us_per_msg = median_of(&ceilings.cpu).or(cell.ceiling_cpu_us_per_msg);
+        cell.efficiency = median_of(&spread.efficiency);
+    }
     cell.repeats = Some(spread);
     cell
 }
@@ -567,23 +578,33 @@ impl CeilingSamples {
         Ok(())
     }
 
-    /// Sets the cell's ceiling figures on each of its runs: the median of the ceiling runs
-    /// (one slow ceiling run must not move every efficiency figure of the cell), and each
-    /// run's efficiency against it.
+    /// Sets the ceiling figures on each of the cell's runs: those of the ceiling run measured
+    /// just before it, and its efficiency against that ceiling. The two ran in the same spell
+    /// of a machine whose speed drifts, so their ratio cancels the drift that a ceiling from
+    /// another moment would carry into it. A run without a ceiling run of its own (a ceiling
+    /// failed, and no more were measured) is held against the median of those measured.
     fn apply_to(&self, runs: &mut [CellResult]) {
-        use crate::metrics::model::median;
-        let ceiling = (!self.fair.is_empty()).then(|| median(&self.fair));
-        let bare = (!self.bare.is_empty()).then(|| median(&self.bare));
-        let cpu = (!self.cpu.is_empty()).then(|| median(&self.cpu));
-        for run in runs {
-            run.ceiling_msgs_per_sec = ceiling;
-            run.bare_client_msgs_per_sec = bare;
-            run.ceiling_cpu_us_per_msg = cpu;
-            run.efficiency = ceiling
+        let fair = paired(&self.fair, runs.len());
+        let bare = paired(&self.bare, runs.len());
+        let cpu = paired(&self.cpu, runs.len());
+        for (index, run) in runs.iter_mut().enumerate() {
+            run.ceiling_msgs_per_sec = fair[index];
+            run.bare_client_msgs_per_sec = bare[index];
+            run.ceiling_cpu_us_per_msg = cpu[index];
+            run.efficiency = fair[index]
                 .filter(|c| *c > 0.0)
                 .map(|c| run.throughput.e2e_msgs_per_sec / c);
         }
     }
+}
+
+/// For each of `runs` runs, the value of the ceiling run measured just before it, or the
+/// median of `measured` when it has none (none at all without any ceiling run).
+fn paired(measured: &[f64], runs: usize) -> Vec<Option<f64>> {
+    let fallback = (!measured.is_empty()).then(|| crate::metrics::model::median(measured));
+    (0..runs)
+        .map(|index| measured.get(index).copied().or(fallback))
+        .collect()
 }
 
 /// One unrecorded run of the bare client's load against a broker, before the run's first
@@ -1681,4 +1702,26 @@ fn release_freed_memory() {
 /// Resets the kernel's peak-RSS mark (VmHWM) so that it covers this cell only.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paired;
+
+    #[test]
+    fn each_run_is_paired_with_the_ceiling_run_before_it() {
+        // A slow spell caught the first ceiling run and the first run alike.
+        assert_eq!(
+            paired(&[280.0, 357.0, 359.0], 3),
+            vec![Some(280.0), Some(357.0), Some(359.0)]
+        );
+        // The ceiling failed after two runs: the third is held against their median.
+        assert_eq!(
+            paired(&[280.0, 360.0], 3),
+            vec![Some(280.0), Some(360.0), Some(320.0)]
+        );
+        // An interrupted cell measured a ceiling run it never ran the cell after.
+        assert_eq!(paired(&[300.0, 310.0], 1), vec![Some(300.0)]);
+        assert_eq!(paired(&[], 2), vec![None, None]);
+    }
 }
