@@ -40,6 +40,7 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use error::{BusError, BusErrorKind, HandlerError};
 pub use headers::{Headers, HeadersBuilder};
 pub use nats::connect_options as nats_connect_options;
+pub(crate) use nats::header_map as nats_header_map;
 pub use shared_str::SharedStr;
 
 /// A message as delivered to a handler. Cheap to clone.

@@ -30,7 +30,8 @@ pub(crate) struct NatsTransport {
     disconnections: Arc<tokio::sync::watch::Sender<u64>>,
     client: async_nats::Client,
     jetstream: jetstream::Context,
-    known_topics: KnownTopics,
+    /// Each topic whose stream exists, with its subject (publishing clones it, no copy).
+    known_topics: KnownTopics<async_nats::Subject>,
     close_timeout: Duration,
     ack_timeout: Duration,
 }
@@ -61,6 +62,37 @@ pub async fn connect_options(config: &NatsConfig) -> Result<async_nats::ConnectO
         options = options.add_client_certificate(cert.into(), key.into());
     }
     Ok(options)
+}
+
+/// The client's header map of `headers`. An envelope's header names are the same on every
+/// message: they go in as static names, without a copy each; any other name is copied.
+pub(crate) fn header_map<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> async_nats::HeaderMap {
+    use super::envelope::{
+        HEADER_AGGREGATE_ID, HEADER_CORRELATION_ID, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
+        HEADER_EVENT_VERSION, HEADER_TENANT_ID, HEADER_TIMESTAMP, HEADER_TRACE_ID,
+    };
+    use async_nats::HeaderName;
+    let mut map = async_nats::HeaderMap::new();
+    for (key, value) in headers {
+        let name = match key {
+            HEADER_EVENT_ID => HeaderName::from_static(HEADER_EVENT_ID),
+            HEADER_AGGREGATE_ID => HeaderName::from_static(HEADER_AGGREGATE_ID),
+            HEADER_EVENT_TYPE => HeaderName::from_static(HEADER_EVENT_TYPE),
+            HEADER_EVENT_VERSION => HeaderName::from_static(HEADER_EVENT_VERSION),
+            HEADER_TIMESTAMP => HeaderName::from_static(HEADER_TIMESTAMP),
+            HEADER_TRACE_ID => HeaderName::from_static(HEADER_TRACE_ID),
+            HEADER_CORRELATION_ID => HeaderName::from_static(HEADER_CORRELATION_ID),
+            HEADER_TENANT_ID => HeaderName::from_static(HEADER_TENANT_ID),
+            _ => {
+                map.append(key, value);
+                continue;
+            }
+        };
+        map.append(name, value);
+    }
+    map
 }
 
 impl NatsTransport {
@@ -114,8 +146,8 @@ impl NatsTransport {
         super::NatsConfig::stream_name(&self.config.stream_prefix, topic)
     }
 
-    /// Makes sure the stream of `topic` exists.
-    async fn ensure_stream(&self, topic: &str) -> Result<(), BusError> {
+    /// Makes sure the stream of `topic` exists; the subject to publish `topic`'s messages to.
+    async fn ensure_stream(&self, topic: &str) -> Result<async_nats::Subject, BusError> {
         self.known_topics
             .ensure(topic, || async {
                 let name = self.stream_name(topic);
@@ -134,7 +166,7 @@ impl NatsTransport {
                     .map_err(|e| {
                         BusError::broker(BACKEND, format!("creating stream {name}: {e}"))
                     })?;
-                Ok(())
+                Ok(async_nats::Subject::from(topic))
             })
             .await
     }
@@ -147,20 +179,18 @@ impl Transport for NatsTransport {
 
     fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>> {
         Box::pin(async move {
-            self.ensure_stream(topic).await?;
+            let subject = self.ensure_stream(topic).await?;
             // Watch for a lost connection from before the message is handed over.
             let mut disconnected = self.disconnections.subscribe();
             let published = if record.headers.is_empty() {
-                self.jetstream
-                    .publish(topic.to_owned(), record.payload)
-                    .await
+                self.jetstream.publish(subject, record.payload).await
             } else {
-                let mut headers = async_nats::HeaderMap::new();
-                for (key, value) in record.headers.iter() {
-                    headers.append(key, value);
-                }
                 self.jetstream
-                    .publish_with_headers(topic.to_owned(), headers, record.payload)
+                    .publish_with_headers(
+                        subject,
+                        header_map(record.headers.iter()),
+                        record.payload,
+                    )
                     .await
             };
             let pending = published.map_err(|e| BusError::broker(BACKEND, e))?;
@@ -258,7 +288,7 @@ impl Transport for NatsTransport {
     }
 
     fn ensure_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(self.ensure_stream(topic))
+        Box::pin(async move { self.ensure_stream(topic).await.map(drop) })
     }
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
@@ -414,5 +444,29 @@ impl Consumer for NatsConsumer {
 
     fn take_error(&mut self) -> Option<BusError> {
         self.error.lock().unwrap().take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_map;
+    use crate::bus::envelope::{HEADER_AGGREGATE_ID, HEADER_EVENT_ID};
+
+    #[test]
+    fn header_map_keeps_envelope_and_other_names_and_repeated_values() {
+        let map = header_map(
+            [
+                (HEADER_EVENT_ID, "e-1"),
+                (HEADER_AGGREGATE_ID, "a-1"),
+                ("X-Custom", "one"),
+                ("X-Custom", "two"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(map.get(HEADER_EVENT_ID).map(|v| v.as_str()), Some("e-1"));
+        assert_eq!(map.get(HEADER_AGGREGATE_ID).map(|v| v.as_str()), Some("a-1"));
+        let custom: Vec<&str> = map.get_all("X-Custom").map(|v| v.as_str()).collect();
+        assert_eq!(custom, ["one", "two"]);
+        assert_eq!(map.len(), 3);
     }
 }

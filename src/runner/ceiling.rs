@@ -72,9 +72,9 @@ impl CeilingLoad {
             .collect()
     }
 
-    /// The topic of message `seq`, among `names`: by sequence for raw records, by aggregate
-    /// for envelope records, as in the cells.
-    fn topic_of<'a>(&self, names: &'a [String], seq: u64) -> &'a str {
+    /// The topic of message `seq`, among `names` (or what is kept per topic): by sequence for
+    /// raw records, by aggregate for envelope records, as in the cells.
+    fn topic_of<'a, Topic>(&self, names: &'a [Topic], seq: u64) -> &'a Topic {
         let spread = match self.envelope_aggregates {
             Some(aggregates) => seq % aggregates.max(1),
             None => seq,
@@ -799,7 +799,7 @@ async fn kafka_send(
     for seq in seqs {
         let (body, intended) = payload(load, seq, warmup, recorder);
         let mut record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(load.topic_of(&names, seq)).payload(&body[..]);
+            FutureRecord::to(load.topic_of(&names, seq).as_str()).payload(&body[..]);
         if let Some(shape) = load.shape_of(&shapes, seq) {
             let mut headers =
                 rdkafka::message::OwnedHeaders::new_with_capacity(shape.headers.len());
@@ -950,17 +950,19 @@ async fn nats_send(
     recorder: Option<&Recorder>,
 ) -> Result<(), String> {
     let names = load.topic_names();
+    // One subject per topic, cloned for each message (as the bus keeps one per topic).
+    let subjects: Vec<async_nats::Subject> =
+        names.iter().map(|name| name.as_str().into()).collect();
     let shapes = load.envelope_shapes();
     let mut in_flight = AckWindow::new(window, PublishAccounting::new(recorder, warmup));
     for seq in seqs {
-        let subject = load.topic_of(&names, seq).to_owned();
+        let subject = load.topic_of(&subjects, seq).clone();
         let (body, intended) = payload(load, seq, warmup, recorder);
         let sent = match load.shape_of(&shapes, seq) {
             Some(shape) => {
-                let mut headers = async_nats::HeaderMap::new();
-                for (key, value) in &shape.headers {
-                    headers.append(key.as_str(), value.as_str());
-                }
+                let headers = crate::bus::nats_header_map(
+                    shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
                 context.publish_with_headers(subject, headers, body).await
             }
             None => context.publish(subject, body).await,
