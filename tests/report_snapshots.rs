@@ -158,6 +158,21 @@ fn fixture() -> RunResult {
         "name = \"fixture\"\ndescription = \"A fixed result.\"\nbackends = [\"kafka\", \"nats\"]\nmodes = [\"raw\", \"envelope\"]\nmessages = 1000\n",
     )
     .unwrap();
+    let mut repeated = cell(BackendKind::Kafka, Mode::Raw, 1.0);
+    // Three runs; the second's ceiling run caught a fast spell the run did not.
+    repeated.repeats = Some(RepeatSpread {
+        e2e_msgs_per_sec: vec![900.0, 1000.0, 950.0],
+        publish_msgs_per_sec: vec![900.0, 1000.0, 950.0],
+        e2e_p99_us: vec![990, 1000, 995],
+        efficiency: vec![0.9, 0.5, 0.95],
+        ceiling_msgs_per_sec: vec![1000.0, 2000.0, 1000.0],
+        allocations_per_msg: vec![12.0, 12.0, 12.0],
+        allocated_bytes_per_msg: vec![2048.0, 2048.0, 2048.0],
+        cpu_us_per_msg: vec![4.0, 4.5, 4.2],
+        spread_pct: 10.5,
+    });
+    repeated.ceiling_msgs_per_sec = Some(1000.0);
+    repeated.efficiency = Some(0.9);
     RunResult {
         schema_version: SCHEMA_VERSION,
         scenario: ScenarioInfo {
@@ -188,7 +203,7 @@ fn fixture() -> RunResult {
         finished_at: "2026-01-01T00:01:00Z".into(),
         repeat: 1,
         cells: vec![
-            cell(BackendKind::Kafka, Mode::Raw, 1.0),
+            repeated,
             cell(BackendKind::Nats, Mode::Raw, 2.0),
             cell(BackendKind::Kafka, Mode::Envelope, 1.5),
             cell(BackendKind::Nats, Mode::Envelope, 3.0),

@@ -464,7 +464,10 @@ mod tests {
             .into_iter(),
         );
         assert_eq!(map.get(HEADER_EVENT_ID).map(|v| v.as_str()), Some("e-1"));
-        assert_eq!(map.get(HEADER_AGGREGATE_ID).map(|v| v.as_str()), Some("a-1"));
+        assert_eq!(
+            map.get(HEADER_AGGREGATE_ID).map(|v| v.as_str()),
+            Some("a-1")
+        );
         let custom: Vec<&str> = map.get_all("X-Custom").map(|v| v.as_str()).collect();
         assert_eq!(custom, ["one", "two"]);
         assert_eq!(map.len(), 3);

@@ -141,6 +141,7 @@ impl Exporter for MarkdownExporter {
         writeln!(out, "## Comparison")?;
         writeln!(out)?;
         out.push_str(&table::markdown(result));
+        repeats_section(&mut out, result)?;
         writeln!(out, "## Latency percentiles per cell (µs)")?;
         writeln!(out)?;
         writeln!(
@@ -285,6 +286,59 @@ impl Exporter for MarkdownExporter {
 
 /// A shard's own place in its run, or the shards a merged result adds up: hosts, start
 /// offsets and each shard's figures.
+/// Every run of the repeated cells: what the comparison's medians were taken from, and each
+/// run's efficiency against the ceiling run measured just before it.
+fn repeats_section(out: &mut String, result: &RunResult) -> anyhow::Result<()> {
+    let repeated: Vec<_> = result
+        .cells
+        .iter()
+        .filter_map(|cell| cell.repeats.as_ref().map(|r| (cell, r)))
+        .collect();
+    if repeated.is_empty() {
+        return Ok(());
+    }
+    let joined = |values: &[f64], scale: f64, decimals: usize| {
+        if values.is_empty() {
+            return "-".to_owned();
+        }
+        values
+            .iter()
+            .map(|v| format!("{:.*}", decimals, v * scale))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    writeln!(out, "## Repeated runs")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "The comparison shows each repeated cell's run with the median end-to-end throughput, \
+         the median of its ceiling runs, and the median of its runs' efficiencies: each run's \
+         end-to-end throughput over the client ceiling run measured just before it, in the \
+         same spell of the machine."
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| cell | end-to-end msg/s | client ceiling msg/s | bus efficiency % | CPU µs/msg | spread % |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---:|")?;
+    for (cell, runs) in repeated {
+        writeln!(
+            out,
+            "| {}/{} | {} | {} | {} | {} | {:.1} |",
+            cell.backend,
+            cell.mode,
+            joined(&runs.e2e_msgs_per_sec, 1.0, 0),
+            joined(&runs.ceiling_msgs_per_sec, 1.0, 0),
+            joined(&runs.efficiency, 100.0, 1),
+            joined(&runs.cpu_us_per_msg, 1.0, 2),
+            runs.spread_pct
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
 fn shards_section(out: &mut String, result: &RunResult) -> anyhow::Result<()> {
     if let Some(shard) = &result.shard {
         writeln!(out, "## Shard")?;
