@@ -284,8 +284,6 @@ impl Exporter for MarkdownExporter {
     }
 }
 
-/// A shard's own place in its run, or the shards a merged result adds up: hosts, start
-/// offsets and each shard's figures.
 /// Every run of the repeated cells: what the comparison's medians were taken from, and each
 /// run's efficiency against the ceiling run measured just before it.
 fn repeats_section(out: &mut String, result: &RunResult) -> anyhow::Result<()> {
@@ -339,6 +337,8 @@ fn repeats_section(out: &mut String, result: &RunResult) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A shard's own place in its run, or the shards a merged result adds up: hosts, start
+/// offsets and each shard's figures.
 fn shards_section(out: &mut String, result: &RunResult) -> anyhow::Result<()> {
     if let Some(shard) = &result.shard {
         writeln!(out, "## Shard")?;
