@@ -240,8 +240,21 @@ fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() 
         let median = busbench::metrics::model::median(&repeats.ceiling_msgs_per_sec);
         let ceiling = cell.ceiling_msgs_per_sec.expect("a ceiling");
         assert!(close(ceiling, median), "{ceiling} vs {median}");
+        // Each run against the ceiling run just before it; the cell: their median.
+        for ((efficiency, e2e), ceiling) in repeats
+            .efficiency
+            .iter()
+            .zip(&repeats.e2e_msgs_per_sec)
+            .zip(&repeats.ceiling_msgs_per_sec)
+        {
+            assert!(
+                close(*efficiency, e2e / ceiling),
+                "{efficiency} vs {e2e} / {ceiling}"
+            );
+        }
+        assert_eq!(repeats.efficiency.len(), 2);
         let efficiency = cell.efficiency.expect("an efficiency");
-        let expected = cell.throughput.e2e_msgs_per_sec / ceiling;
+        let expected = busbench::metrics::model::median(&repeats.efficiency);
         assert!(close(efficiency, expected), "{efficiency} vs {expected}");
     }
 }
