@@ -1,9 +1,10 @@
 //! Counts what the handlers receive: distinct messages, duplicates, per-aggregate order, and
 //! end-to-end latency. Shared by all handler workers; the histogram is sharded so that
-//! workers rarely meet on one lock, and the shards are merged once at the end.
+//! workers rarely meet on one lock, and the shards are merged once at the end; the counters
+//! every message moves are kept per thread and added up when read.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,6 +15,10 @@ use super::timeline::{HandledSecond, SecondLatencies};
 use crate::scenario::HARNESS_HEADER_BYTES;
 
 const SHARDS: usize = 16;
+/// How many copies of the per-message counters there are: each thread that handles messages
+/// counts in one of its own (shared only past this many threads), so that handlers on
+/// different cores do not take turns at one cache line for every message.
+const STRIPES: usize = 8;
 /// Set in the sequence number of warm-up messages.
 const WARMUP_FLAG: u64 = 1 << 63;
 
@@ -66,6 +71,25 @@ impl Stamp {
     }
 }
 
+/// The counters every handled message moves, one copy per [`STRIPES`], each on a cache line
+/// of its own; read by adding them up.
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe {
+    distinct: AtomicU64,
+    deliveries: AtomicU64,
+    last_handled_nanos: AtomicU64,
+}
+
+/// The stripe of the calling thread: threads take the stripes in turn as they first count.
+fn own_stripe(stripes: &[Stripe; STRIPES]) -> &Stripe {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    &stripes[INDEX.with(|index| *index)]
+}
+
 /// Receive-side accounting of one cell.
 pub struct Recorder {
     epoch: Instant,
@@ -74,13 +98,12 @@ pub struct Recorder {
     acknowledged: Vec<AtomicU64>,
     last_version: Vec<AtomicU32>,
     check_order: bool,
-    distinct: AtomicU64,
-    deliveries: AtomicU64,
+    /// Distinct and all deliveries, and the last one's time, counted per thread.
+    stripes: Box<[Stripe; STRIPES]>,
     duplicates: AtomicU64,
     order_violations: AtomicU64,
     malformed: AtomicU64,
     warmup_received: AtomicU64,
-    last_handled_nanos: AtomicU64,
     e2e: Vec<Mutex<Histogram<u64>>>,
     /// Measured messages handled in each [`TIMELINE_STEP`] since the epoch (empty unless
     /// asked for with [`Recorder::with_timeline`]).
@@ -127,13 +150,11 @@ impl Recorder {
                 .collect(),
             last_version: (0..aggregates).map(|_| AtomicU32::new(0)).collect(),
             check_order,
-            distinct: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
+            stripes: Box::default(),
             duplicates: AtomicU64::new(0),
             order_violations: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             warmup_received: AtomicU64::new(0),
-            last_handled_nanos: AtomicU64::new(0),
             e2e: (0..SHARDS)
                 .map(|_| Mutex::new(latency::new_histogram()))
                 .collect(),
@@ -206,7 +227,8 @@ impl Recorder {
             self.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        let stripe = own_stripe(&self.stripes);
+        stripe.deliveries.fetch_add(1, Ordering::Relaxed);
         let bit = 1u64 << (stamp.seq % 64);
         let before = self.seen[(stamp.seq / 64) as usize].fetch_or(bit, Ordering::AcqRel);
         if before & bit != 0 {
@@ -227,7 +249,7 @@ impl Recorder {
         let micros = now.saturating_sub(stamp.intended_nanos) / 1000;
         let shard = (stamp.seq as usize) % SHARDS;
         latency::record(&mut self.e2e[shard].lock().unwrap(), micros);
-        self.last_handled_nanos.fetch_max(now, Ordering::Relaxed);
+        stripe.last_handled_nanos.fetch_max(now, Ordering::Relaxed);
         if let Some(seconds) = &self.seconds {
             seconds.record(now, micros);
         }
@@ -236,7 +258,7 @@ impl Recorder {
                 ((now / TIMELINE_STEP.as_nanos() as u64) as usize).min(self.timeline.len() - 1);
             self.timeline[bucket].fetch_add(1, Ordering::Relaxed);
         }
-        self.distinct.fetch_add(1, Ordering::Release);
+        stripe.distinct.fetch_add(1, Ordering::Release);
     }
 
     /// Marks message `seq` as acknowledged by the broker (a publisher's receipt resolved).
@@ -276,7 +298,10 @@ impl Recorder {
 
     /// Distinct measured messages handled so far.
     pub fn distinct(&self) -> u64 {
-        self.distinct.load(Ordering::Acquire)
+        self.stripes
+            .iter()
+            .map(|stripe| stripe.distinct.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Warm-up messages handled so far.
@@ -288,12 +313,21 @@ impl Recorder {
     pub fn snapshot(&self) -> Received {
         Received {
             distinct: self.distinct(),
-            deliveries: self.deliveries.load(Ordering::Relaxed),
+            deliveries: self
+                .stripes
+                .iter()
+                .map(|stripe| stripe.deliveries.load(Ordering::Relaxed))
+                .sum(),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             order_violations: self.order_violations.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             warmup: self.warmup_received(),
-            last_handled_nanos: self.last_handled_nanos.load(Ordering::Relaxed),
+            last_handled_nanos: self
+                .stripes
+                .iter()
+                .map(|stripe| stripe.last_handled_nanos.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -383,6 +417,34 @@ mod tests {
         }
         assert_eq!(recorder.acknowledged_not_handled(), 0);
         assert!(recorder.all_acknowledged_handled(4));
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up_exactly() {
+        // More threads than stripes: some share one.
+        let threads = STRIPES as u64 + 4;
+        let per_thread = 1000;
+        let recorder = Recorder::new(Instant::now(), threads * per_thread, 1, false);
+        std::thread::scope(|scope| {
+            for thread in 0..threads {
+                let recorder = &recorder;
+                scope.spawn(move || {
+                    for i in 0..per_thread {
+                        recorder.on_message(&stamp(thread * per_thread + i, 0, 1));
+                    }
+                    // One duplicate per thread.
+                    recorder.on_message(&stamp(thread * per_thread, 0, 1));
+                });
+            }
+        });
+        let before = recorder.now_nanos();
+        let r = recorder.snapshot();
+        assert_eq!(r.distinct, threads * per_thread);
+        assert_eq!(recorder.distinct(), threads * per_thread);
+        assert_eq!(r.deliveries, threads * (per_thread + 1));
+        assert_eq!(r.duplicates, threads);
+        assert!(r.last_handled_nanos > 0 && r.last_handled_nanos <= before);
+        assert_eq!(recorder.e2e_histogram().len(), threads * per_thread);
     }
 
     #[test]
