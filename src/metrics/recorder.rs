@@ -1,7 +1,7 @@
 //! Counts what the handlers receive: distinct messages, duplicates, per-aggregate order, and
-//! end-to-end latency. Shared by all handler workers; the histogram is sharded so that
-//! workers rarely meet on one lock, and the shards are merged once at the end; the counters
-//! every message moves are kept per thread and added up when read.
+//! end-to-end latency. Shared by all handler workers: the latency histogram and the counters
+//! every message moves are kept per thread (each on its own cache lines), merged or added up
+//! when read.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -14,10 +14,10 @@ use super::latency;
 use super::timeline::{HandledSecond, SecondLatencies};
 use crate::scenario::HARNESS_HEADER_BYTES;
 
-const SHARDS: usize = 16;
-/// How many copies of the per-message counters there are: each thread that handles messages
-/// counts in one of its own (shared only past this many threads), so that handlers on
-/// different cores do not take turns at one cache line for every message.
+/// How many copies of the per-message counters and of the latency histogram there are: each
+/// thread that handles messages counts in one of its own (shared only past this many
+/// threads), so that handlers on different cores do not take turns at the same cache lines
+/// for every message.
 const STRIPES: usize = 8;
 /// Set in the sequence number of warm-up messages.
 const WARMUP_FLAG: u64 = 1 << 63;
@@ -81,13 +81,17 @@ struct Stripe {
     last_handled_nanos: AtomicU64,
 }
 
-/// The stripe of the calling thread: threads take the stripes in turn as they first count.
-fn own_stripe(stripes: &[Stripe; STRIPES]) -> &Stripe {
+/// One stripe's latency histogram, on cache lines of its own (recording writes its totals).
+#[repr(align(128))]
+struct StripeHistogram(Mutex<Histogram<u64>>);
+
+/// The calling thread's stripe: threads take the stripes in turn as they first count.
+fn own_stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
     }
-    &stripes[INDEX.with(|index| *index)]
+    INDEX.with(|index| *index)
 }
 
 /// Receive-side accounting of one cell.
@@ -104,7 +108,8 @@ pub struct Recorder {
     order_violations: AtomicU64,
     malformed: AtomicU64,
     warmup_received: AtomicU64,
-    e2e: Vec<Mutex<Histogram<u64>>>,
+    /// End-to-end latency, one histogram per stripe.
+    e2e: Vec<StripeHistogram>,
     /// Measured messages handled in each [`TIMELINE_STEP`] since the epoch (empty unless
     /// asked for with [`Recorder::with_timeline`]).
     timeline: Vec<AtomicU32>,
@@ -155,8 +160,8 @@ impl Recorder {
             order_violations: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             warmup_received: AtomicU64::new(0),
-            e2e: (0..SHARDS)
-                .map(|_| Mutex::new(latency::new_histogram()))
+            e2e: (0..STRIPES)
+                .map(|_| StripeHistogram(Mutex::new(latency::new_histogram())))
                 .collect(),
             timeline: Vec::new(),
             seconds: None,
@@ -227,7 +232,8 @@ impl Recorder {
             self.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let stripe = own_stripe(&self.stripes);
+        let own = own_stripe();
+        let stripe = &self.stripes[own];
         stripe.deliveries.fetch_add(1, Ordering::Relaxed);
         let bit = 1u64 << (stamp.seq % 64);
         let before = self.seen[(stamp.seq / 64) as usize].fetch_or(bit, Ordering::AcqRel);
@@ -247,8 +253,7 @@ impl Recorder {
             }
         }
         let micros = now.saturating_sub(stamp.intended_nanos) / 1000;
-        let shard = (stamp.seq as usize) % SHARDS;
-        latency::record(&mut self.e2e[shard].lock().unwrap(), micros);
+        latency::record(&mut self.e2e[own].0.lock().unwrap(), micros);
         stripe.last_handled_nanos.fetch_max(now, Ordering::Relaxed);
         if let Some(seconds) = &self.seconds {
             seconds.record(now, micros);
@@ -335,7 +340,7 @@ impl Recorder {
     pub fn e2e_histogram(&self) -> Histogram<u64> {
         let mut merged = latency::new_histogram();
         for shard in &self.e2e {
-            merged.add(&*shard.lock().unwrap()).expect("same bounds");
+            merged.add(&*shard.0.lock().unwrap()).expect("same bounds");
         }
         merged
     }
