@@ -499,12 +499,39 @@ fn representative(mut runs: Vec<CellResult>, ceilings: &CeilingSamples) -> CellR
 /// called a measurement error.
 const EFFICIENCY_ALLOWANCE: f64 = 0.05;
 
-/// Flags an efficiency above 1 by more than the noise: the bus cannot beat its client
-/// doing the same load, so such a figure says the ceiling was not measured as one.
+/// How far apart (max - min over the median) a repeated cell's efficiencies may be before the
+/// figure is called unsteady.
+const EFFICIENCY_SPREAD_ALLOWANCE_PCT: f64 = 30.0;
+
+/// A warning when the runs' efficiencies spread past [`EFFICIENCY_SPREAD_ALLOWANCE_PCT`]: the
+/// machine's speed moved between a run and the ceiling run beside it, and their median says
+/// little.
+fn unsteady_efficiency(runs: &[f64]) -> Option<String> {
+    let spread = RepeatSpread::spread_of(runs);
+    (spread > EFFICIENCY_SPREAD_ALLOWANCE_PCT).then(|| {
+        let each: Vec<String> = runs.iter().map(|e| format!("{:.0}%", e * 100.0)).collect();
+        format!(
+            "bus efficiency runs spread {spread:.0}% ({}): the machine's speed moved between \
+             runs and their ceiling runs; check it with `busbench steadiness` and repeat",
+            each.join(", ")
+        )
+    })
+}
+
+/// Flags an efficiency above 1 by more than the noise (the bus cannot beat its client doing
+/// the same load, so such a figure says the ceiling was not measured as one), and one whose
+/// runs spread too far to be read.
 pub fn flag_suspect_efficiency(cell: &mut CellResult) {
     let Some(efficiency) = cell.efficiency else {
         return;
     };
+    if let Some(warning) = cell
+        .repeats
+        .as_ref()
+        .and_then(|r| unsteady_efficiency(&r.efficiency))
+    {
+        cell.warnings.push(warning);
+    }
     let noise = cell
         .repeats
         .as_ref()
@@ -1706,7 +1733,18 @@ fn reset_peak_rss() {
 
 #[cfg(test)]
 mod tests {
-    use super::paired;
+    use super::{paired, unsteady_efficiency};
+
+    #[test]
+    fn efficiencies_that_spread_widely_are_called_unsteady() {
+        assert_eq!(unsteady_efficiency(&[0.92, 0.75, 0.98]), None);
+        let warning = unsteady_efficiency(&[1.18, 0.50, 1.12]).expect("61% apart");
+        assert!(
+            warning.starts_with("bus efficiency runs spread 61% (118%, 50%, 112%)"),
+            "{warning}"
+        );
+        assert_eq!(unsteady_efficiency(&[0.9]), None);
+    }
 
     #[test]
     fn each_run_is_paired_with_the_ceiling_run_before_it() {
