@@ -199,20 +199,30 @@ impl KafkaTransport {
     }
 }
 
+/// librdkafka's header list of `headers` (`count` of them), in their order.
+pub(crate) fn owned_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    count: usize,
+) -> OwnedHeaders {
+    headers.fold(
+        OwnedHeaders::new_with_capacity(count),
+        |list, (key, value)| {
+            list.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
+}
+
 /// The librdkafka record of `record`, borrowing its payload, key and headers.
 fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, str, [u8]> {
     let mut future_record: FutureRecord<'_, str, [u8]> =
         FutureRecord::to(topic).payload(&record.payload[..]);
     // No header list at all for raw records: librdkafka allocates one even when empty.
     if !record.headers.is_empty() {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in record.headers.iter() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        future_record = future_record.headers(headers);
+        future_record =
+            future_record.headers(owned_headers(record.headers.iter(), record.headers.len()));
     }
     if let Some(key) = record.key.as_deref() {
         future_record = future_record.key(key);

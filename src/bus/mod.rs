@@ -39,6 +39,7 @@ pub use config::{
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{BusError, BusErrorKind, HandlerError};
 pub use headers::{Headers, HeadersBuilder};
+pub(crate) use kafka::owned_headers as kafka_headers;
 pub use nats::connect_options as nats_connect_options;
 pub(crate) use nats::header_map as nats_header_map;
 pub use shared_str::SharedStr;

@@ -79,7 +79,7 @@ impl CeilingLoad {
             Some(aggregates) => seq % aggregates.max(1),
             None => seq,
         };
-        &names[(spread % names.len() as u64) as usize]
+        super::load::topic_of(names, spread)
     }
 
     /// The key and headers of message `seq`, for envelope records.
@@ -801,14 +801,10 @@ async fn kafka_send(
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(load.topic_of(&names, seq).as_str()).payload(&body[..]);
         if let Some(shape) = load.shape_of(&shapes, seq) {
-            let mut headers =
-                rdkafka::message::OwnedHeaders::new_with_capacity(shape.headers.len());
-            for (key, value) in &shape.headers {
-                headers = headers.insert(rdkafka::message::Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
+            let headers = crate::bus::kafka_headers(
+                shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                shape.headers.len(),
+            );
             record = record.key(shape.key.as_str()).headers(headers);
         }
         loop {

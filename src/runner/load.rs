@@ -166,7 +166,7 @@ pub async fn publish(
                     aggregate: 0,
                     version: 0,
                 };
-                let topic = &plan.topics[(seq % plan.topics.len() as u64) as usize];
+                let topic = topic_of(&plan.topics, seq);
                 tokio::select! {
                     biased;
                     result = bus.publish_pipelined(topic, stamp.payload(plan.payload_bytes)) => result,
@@ -183,7 +183,7 @@ pub async fn publish(
                     aggregate: aggregate as u32,
                     version: versions[slot],
                 };
-                let topic = &plan.topics[(aggregate % plan.topics.len() as u64) as usize];
+                let topic = topic_of(&plan.topics, aggregate);
                 let envelope = Envelope::new(
                     aggregate_ids[slot].clone(),
                     SharedStr::from_static("BenchmarkEvent"),
@@ -297,6 +297,13 @@ impl AckTally {
         self.last_ack = self.last_ack.max(other.last_ack);
         self.per_second.merge(&other.per_second);
     }
+}
+
+/// The topic of a message among the load's `topics`: a raw message's by its sequence number,
+/// an envelope's by its aggregate (so that one aggregate's events share a topic and stay in
+/// order). The warm-up and the ceilings place their messages the same way.
+pub(crate) fn topic_of<Topic>(topics: &[Topic], seq_or_aggregate: u64) -> &Topic {
+    &topics[(seq_or_aggregate % topics.len() as u64) as usize]
 }
 
 /// The id of aggregate number `aggregate` in the load (the warm-up and the ceilings use the

@@ -438,7 +438,6 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
 /// never hidden by a median), otherwise the run with the median end-to-end throughput; with
 /// the figures of every run attached, and every ceiling run measured beside them.
 fn representative(mut runs: Vec<CellResult>, ceilings: &CeilingSamples) -> CellResult {
-    use crate::metrics::model::median;
     if runs.len() == 1 {
         return runs.pop().expect("one run");
     }
@@ -484,7 +483,6 @@ fn representative(mut runs: Vec<CellResult>, ceilings: &CeilingSamples) -> CellR
     // The cell's ceiling figures are the medians of its ceiling runs, and its efficiency the
     // median of its runs' own (each against the ceiling run just before it): not the
     // representative run's, whose ceiling run may have caught a spell the others did not.
-    let median_of = |values: &[f64]| (!values.is_empty()).then(|| median(values));
     if !ceilings.fair.is_empty() {
         cell.ceiling_msgs_per_sec = median_of(&ceilings.fair);
         cell.bare_client_msgs_per_sec = median_of(&ceilings.bare).or(cell.bare_client_msgs_per_sec);
@@ -503,11 +501,10 @@ const EFFICIENCY_ALLOWANCE: f64 = 0.05;
 /// figure is called unsteady.
 const EFFICIENCY_SPREAD_ALLOWANCE_PCT: f64 = 30.0;
 
-/// A warning when the runs' efficiencies spread past [`EFFICIENCY_SPREAD_ALLOWANCE_PCT`]: the
-/// machine's speed moved between a run and the ceiling run beside it, and their median says
-/// little.
-fn unsteady_efficiency(runs: &[f64]) -> Option<String> {
-    let spread = RepeatSpread::spread_of(runs);
+/// A warning when the runs' efficiencies spread (`spread`, percent) past
+/// [`EFFICIENCY_SPREAD_ALLOWANCE_PCT`]: the machine's speed moved between a run and the
+/// ceiling run beside it, and their median says little.
+fn unsteady_efficiency(runs: &[f64], spread: f64) -> Option<String> {
     (spread > EFFICIENCY_SPREAD_ALLOWANCE_PCT).then(|| {
         let each: Vec<String> = runs.iter().map(|e| format!("{:.0}%", e * 100.0)).collect();
         format!(
@@ -525,19 +522,12 @@ pub fn flag_suspect_efficiency(cell: &mut CellResult) {
     let Some(efficiency) = cell.efficiency else {
         return;
     };
-    if let Some(warning) = cell
-        .repeats
-        .as_ref()
-        .and_then(|r| unsteady_efficiency(&r.efficiency))
-    {
+    let runs = cell.repeats.as_ref().map_or(&[][..], |r| &r.efficiency[..]);
+    let spread = RepeatSpread::spread_of(runs);
+    if let Some(warning) = unsteady_efficiency(runs, spread) {
         cell.warnings.push(warning);
     }
-    let noise = cell
-        .repeats
-        .as_ref()
-        .map(|r| RepeatSpread::spread_of(&r.efficiency) / 100.0)
-        .unwrap_or(0.0)
-        .max(EFFICIENCY_ALLOWANCE);
+    let noise = (spread / 100.0).max(EFFICIENCY_ALLOWANCE);
     if efficiency > 1.0 + noise {
         cell.warnings.push(format!(
             "bus efficiency {:.0}% is above 100% by more than the noise ({:.0}%): the \
@@ -625,10 +615,15 @@ impl CeilingSamples {
     }
 }
 
+/// The median of `values`, none when there are none.
+fn median_of(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| crate::metrics::model::median(values))
+}
+
 /// For each of `runs` runs, the value of the ceiling run measured just before it, or the
 /// median of `measured` when it has none (none at all without any ceiling run).
 fn paired(measured: &[f64], runs: usize) -> Vec<Option<f64>> {
-    let fallback = (!measured.is_empty()).then(|| crate::metrics::model::median(measured));
+    let fallback = median_of(measured);
     (0..runs)
         .map(|index| measured.get(index).copied().or(fallback))
         .collect()
@@ -1080,7 +1075,7 @@ async fn measure(
                 let payload = Stamp::warmup(seq).payload(scenario.payload_bytes);
                 match mode {
                     Mode::Raw => {
-                        let topic = &topics[(seq % topics.len() as u64) as usize];
+                        let topic = load::topic_of(topics, seq);
                         bus.publish(topic, payload).await
                     }
                     Mode::Envelope => {
@@ -1089,7 +1084,7 @@ async fn measure(
                         // before measuring, not the one a single warm-up aggregate reaches.
                         let aggregates = scenario.aggregates.max(1);
                         let aggregate = seq % aggregates;
-                        let topic = &topics[(aggregate % topics.len() as u64) as usize];
+                        let topic = load::topic_of(topics, aggregate);
                         let envelope = crate::bus::Envelope::new(
                             load::aggregate_id(aggregate),
                             "Warmup",
@@ -1733,17 +1728,18 @@ fn reset_peak_rss() {
 
 #[cfg(test)]
 mod tests {
-    use super::{paired, unsteady_efficiency};
+    use super::{RepeatSpread, paired, unsteady_efficiency};
 
     #[test]
     fn efficiencies_that_spread_widely_are_called_unsteady() {
-        assert_eq!(unsteady_efficiency(&[0.92, 0.75, 0.98]), None);
-        let warning = unsteady_efficiency(&[1.18, 0.50, 1.12]).expect("61% apart");
+        let unsteady = |runs: &[f64]| unsteady_efficiency(runs, RepeatSpread::spread_of(runs));
+        assert_eq!(unsteady(&[0.92, 0.75, 0.98]), None);
+        let warning = unsteady(&[1.18, 0.50, 1.12]).expect("61% apart");
         assert!(
             warning.starts_with("bus efficiency runs spread 61% (118%, 50%, 112%)"),
             "{warning}"
         );
-        assert_eq!(unsteady_efficiency(&[0.9]), None);
+        assert_eq!(unsteady(&[0.9]), None);
     }
 
     #[test]
