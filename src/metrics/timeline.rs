@@ -2,8 +2,8 @@
 //! in each second, the backlog at its end, and the end-to-end latency of the messages handled
 //! in it.
 //!
-//! Publishers and acknowledgement collectors count into their own [`SecondCounts`], merged
-//! when they finish; handlers count into a [`SecondLatencies`] of atomic counters shared by all
+//! Publishers count what they offered and what was acknowledged into their own
+//! [`SecondCounts`], merged when they finish; handlers count into a [`SecondLatencies`] of atomic counters shared by all
 //! workers, with a small log-linear histogram per second (allocated on the second's first
 //! message) so that the per-second percentiles cost one atomic increment per message.
 
@@ -23,7 +23,7 @@ const SUB_BUCKETS: usize = 1 << SUB_BITS;
 const BUCKETS: usize = SUB_BUCKETS * (32 - SUB_BITS as usize + 1);
 
 /// Events of one task counted per second since an origin (a publisher's intended send times,
-/// a collector's acknowledgements). Kept by the task itself and merged at the end.
+/// its acknowledgements). Kept by the task itself and merged at the end.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecondCounts {
     counts: Vec<u64>,

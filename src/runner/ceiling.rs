@@ -8,7 +8,7 @@
 //! throughput divided by this. The bare client (no acks, no commits, no accounting) shows the
 //! client's raw limit beside it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use async_nats::jetstream;
 use crate::bus::{BackendConfig, BusConfig, Headers, SharedStr};
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::runner::load::AckTally;
+use crate::runner::receipts::ReceiptWindow;
 
 /// The load of a ceiling run.
 #[derive(Debug, Clone)]
@@ -716,44 +717,61 @@ async fn kafka_send_all(
     .await
 }
 
-/// Acknowledgements a ceiling publisher waits for, at most `window` at once: past that it
-/// waits for the oldest, as the bus's window makes a cell's publishers wait. Each one is
-/// accounted for as it arrives.
-struct AckWindow<'r, F> {
-    /// Each acknowledgement to come, with its message's send time and sequence number.
-    in_flight: VecDeque<(F, u64, u64)>,
-    window: usize,
+/// A ceiling publisher's acknowledgements, kept as a cell's publisher keeps its receipts (the
+/// same [`ReceiptWindow`]: the arrived ones taken after each send, the oldest waited for when
+/// the publisher's share of the window is used up) and each accounted for as it arrives. The
+/// first failed one ends the ceiling run.
+struct CeilingAcks<'r, F: std::future::Future> {
+    window: ReceiptWindow<F>,
     accounting: PublishAccounting<'r>,
+    /// An acknowledgement's outcome, in the ceiling's terms.
+    outcome: fn(F::Output) -> Result<(), String>,
 }
 
-impl<'r, F: std::future::Future<Output = Result<(), String>>> AckWindow<'r, F> {
-    fn new(window: usize, accounting: PublishAccounting<'r>) -> Self {
-        AckWindow {
-            in_flight: VecDeque::with_capacity(window),
-            window: window.max(1),
+impl<'r, F: std::future::Future + Unpin> CeilingAcks<'r, F> {
+    fn new(
+        window: usize,
+        accounting: PublishAccounting<'r>,
+        outcome: fn(F::Output) -> Result<(), String>,
+    ) -> Self {
+        CeilingAcks {
+            window: ReceiptWindow::new(window),
             accounting,
+            outcome,
         }
     }
 
-    /// Adds the acknowledgement to come of message `seq`, sent at `intended`; with the window
-    /// full, waits for the oldest.
-    async fn push(&mut self, ack: F, intended: u64, seq: u64) -> Result<(), String> {
-        self.in_flight.push_back((ack, intended, seq));
-        if self.in_flight.len() > self.window
-            && let Some((oldest, intended, seq)) = self.in_flight.pop_front()
-        {
-            oldest.await?;
-            self.accounting.acknowledged(intended, seq);
+    /// Waits, with the window full, for room for one more.
+    async fn make_room(&mut self) -> Result<(), String> {
+        while self.window.is_full() {
+            if let Some((outcome, intended, seq)) = self.window.oldest().await {
+                self.account(outcome, intended, seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the acknowledgement to come of message `seq`, sent at `intended`, and takes those
+    /// that have arrived.
+    fn push(&mut self, ack: F, intended: u64, seq: u64) -> Result<(), String> {
+        self.window.push(ack, intended, seq);
+        while let Some((outcome, intended, seq)) = self.window.ready() {
+            self.account(outcome, intended, seq)?;
         }
         Ok(())
     }
 
     /// Waits for every acknowledgement still out.
     async fn finish(mut self) -> Result<(), String> {
-        while let Some((ack, intended, seq)) = self.in_flight.pop_front() {
-            ack.await?;
-            self.accounting.acknowledged(intended, seq);
+        while let Some((outcome, intended, seq)) = self.window.oldest().await {
+            self.account(outcome, intended, seq)?;
         }
+        Ok(())
+    }
+
+    fn account(&mut self, outcome: F::Output, intended: u64, seq: u64) -> Result<(), String> {
+        (self.outcome)(outcome)?;
+        self.accounting.acknowledged(intended, seq);
         Ok(())
     }
 }
@@ -795,8 +813,19 @@ async fn kafka_send(
 ) -> Result<(), String> {
     let names = load.topic_names();
     let shapes = load.envelope_shapes();
-    let mut in_flight = AckWindow::new(window, PublishAccounting::new(recorder, warmup));
+    let mut in_flight = CeilingAcks::new(
+        window,
+        PublishAccounting::new(recorder, warmup),
+        |delivered: <rdkafka::producer::DeliveryFuture as std::future::Future>::Output| {
+            match delivered {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(error.to_string()),
+                Err(canceled) => Err(canceled.to_string()),
+            }
+        },
+    );
     for seq in seqs {
+        in_flight.make_room().await?;
         let (body, intended) = payload(load, seq, warmup, recorder);
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(load.topic_of(&names, seq).as_str()).payload(&body[..]);
@@ -810,14 +839,7 @@ async fn kafka_send(
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    let ack = async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((error, _))) => Err(error.to_string()),
-                            Err(canceled) => Err(canceled.to_string()),
-                        }
-                    };
-                    in_flight.push(ack, intended, seq).await?;
+                    in_flight.push(delivery, intended, seq)?;
                     break;
                 }
                 Err((
@@ -950,8 +972,16 @@ async fn nats_send(
     let subjects: Vec<async_nats::Subject> =
         names.iter().map(|name| name.as_str().into()).collect();
     let shapes = load.envelope_shapes();
-    let mut in_flight = AckWindow::new(window, PublishAccounting::new(recorder, warmup));
+    let mut in_flight = CeilingAcks::new(
+        window,
+        PublishAccounting::new(recorder, warmup),
+        |acknowledged: Result<
+            async_nats::jetstream::publish::PublishAck,
+            async_nats::jetstream::context::PublishError,
+        >| { acknowledged.map(|_| ()).map_err(|e| e.to_string()) },
+    );
     for seq in seqs {
+        in_flight.make_room().await?;
         let subject = load.topic_of(&subjects, seq).clone();
         let (body, intended) = payload(load, seq, warmup, recorder);
         let sent = match load.shape_of(&shapes, seq) {
@@ -964,8 +994,7 @@ async fn nats_send(
             None => context.publish(subject, body).await,
         };
         let ack = sent.map_err(|e| e.to_string())?;
-        let ack = async move { ack.await.map(|_| ()).map_err(|e| e.to_string()) };
-        in_flight.push(ack, intended, seq).await?;
+        in_flight.push(std::future::IntoFuture::into_future(ack), intended, seq)?;
     }
     in_flight.finish().await
 }

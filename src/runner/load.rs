@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, Envelope, EventBus, PublishReceipt, SharedStr};
 use crate::metrics::latency;
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::timeline::SecondCounts;
+use crate::runner::receipts::ReceiptWindow;
 use crate::scenario::Mode;
 
 /// How many messages a publisher sends between two looks at its stop token.
@@ -101,32 +101,9 @@ pub async fn publish(
             .collect(),
         Mode::Raw => Vec::new(),
     };
-    let (receipts, mut pending) =
-        mpsc::channel::<(PublishReceipt, u64, u64)>(plan.in_flight_per_publisher.max(1));
-    let collector_recorder = recorder.clone();
-    let collector_stop = stop.clone();
+    let mut receipts = ReceiptWindow::new(plan.in_flight_per_publisher);
+    let mut acks = AckTally::new();
     let origin = recorder.seconds_origin();
-    let collector = tokio::spawn(async move {
-        let mut acks = AckTally::new();
-        let stopped = collector_stop.cancelled();
-        tokio::pin!(stopped);
-        while let Some((receipt, intended, seq)) = pending.recv().await {
-            let result = tokio::select! {
-                biased;
-                result = receipt => result,
-                _ = &mut stopped => {
-                    acks.unconfirmed += 1;
-                    break;
-                }
-            };
-            acks.count(result, intended, seq, &collector_recorder, origin);
-        }
-        pending.close();
-        while pending.recv().await.is_some() {
-            acks.unconfirmed += 1;
-        }
-        acks
-    });
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     let per_publisher_rate = plan.rate as f64 / f64::from(plan.publishers);
@@ -134,24 +111,40 @@ pub async fn publish(
     let mut sent = 0;
     let mut send_errors = 0;
     let mut first_send_error = None;
-    let mut not_collected = 0;
     let mut offered = SecondCounts::default();
-    let mut ready = AckTally::new();
-    for k in 0..count {
+    'sending: for k in 0..count {
         // The token's check takes a lock: every 64th message is soon enough (a publish that
         // waits also watches the token).
         if k % STOP_CHECK_EVERY == 0 && stop.is_cancelled() {
             break;
+        }
+        // This publisher's share of the window used up: wait for the oldest answer.
+        while receipts.is_full() {
+            tokio::select! {
+                biased;
+                Some((outcome, intended, seq)) = receipts.oldest() => {
+                    acks.count(outcome, intended, seq, &recorder, origin);
+                }
+                _ = &mut stopped => break 'sending,
+            }
         }
         let seq = first_seq + k;
         let intended = if per_publisher_rate > 0.0 {
             let due = start + (k as f64 * 1e9 / per_publisher_rate) as u64;
             let now = recorder.now_nanos();
             if due > now {
-                tokio::select! {
-                    biased;
-                    _ = &mut stopped => break,
-                    _ = tokio::time::sleep(Duration::from_nanos(due - now)) => {}
+                // Until the send time, take the answers as they arrive.
+                let sleep = tokio::time::sleep(Duration::from_nanos(due - now));
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = &mut stopped => break 'sending,
+                        _ = &mut sleep => break,
+                        Some((outcome, intended, seq)) = receipts.oldest() => {
+                            acks.count(outcome, intended, seq, &recorder, origin);
+                        }
+                    }
                 }
             }
             due
@@ -202,20 +195,13 @@ pub async fn publish(
             Ok(receipt) => {
                 sent += 1;
                 sent_counter.fetch_add(1, Ordering::Relaxed);
-                // An answer already known (the memory backend's) is counted here; a broker's
-                // goes to the collector, which waits for it.
-                let receipt = match receipt.into_ready() {
-                    Ok(outcome) => {
-                        ready.count(outcome, intended, seq, &recorder, origin);
-                        continue;
-                    }
-                    Err(receipt) => receipt,
-                };
-                if receipts.send((receipt, intended, seq)).await.is_err() {
-                    // The collector stopped while this publisher waited for room in the
-                    // window: the receipt it holds is never waited for.
-                    not_collected += 1;
-                    break;
+                match receipt.into_ready() {
+                    // An answer already known (the memory backend's) is counted here.
+                    Ok(outcome) => acks.count(outcome, intended, seq, &recorder, origin),
+                    Err(receipt) => receipts.push(receipt, intended, seq),
+                }
+                while let Some((outcome, intended, seq)) = receipts.ready() {
+                    acks.count(outcome, intended, seq, &recorder, origin);
                 }
             }
             Err(error) => {
@@ -227,18 +213,28 @@ pub async fn publish(
             }
         }
     }
-    drop(receipts);
-    let mut acks = collector.await.unwrap_or_else(|_| AckTally {
-        errors: 1,
-        first_error: Some("the acknowledgement collector panicked".into()),
-        ..AckTally::new()
-    });
-    acks.merge(ready);
+    // The answers still to come, until they are all in or the publisher is stopped; those
+    // still out then are unconfirmed (any that had arrived are counted first).
+    while !receipts.is_empty() {
+        tokio::select! {
+            biased;
+            Some((outcome, intended, seq)) = receipts.oldest() => {
+                acks.count(outcome, intended, seq, &recorder, origin);
+            }
+            _ = &mut stopped => {
+                while let Some((outcome, intended, seq)) = receipts.ready() {
+                    acks.count(outcome, intended, seq, &recorder, origin);
+                }
+                acks.unconfirmed += receipts.len() as u64;
+                break;
+            }
+        }
+    }
     PublisherReport {
         sent,
         acknowledged: acks.acknowledged,
         errors: send_errors + acks.errors,
-        unconfirmed: acks.unconfirmed + not_collected,
+        unconfirmed: acks.unconfirmed,
         first_error: first_send_error.or(acks.first_error),
         latency: acks.histogram,
         last_ack_nanos: acks.last_ack,
@@ -284,19 +280,6 @@ impl AckTally {
             }
         }
     }
-
-    /// Adds what `other` counted.
-    fn merge(&mut self, other: AckTally) {
-        self.histogram.add(&other.histogram).expect("same bounds");
-        self.acknowledged += other.acknowledged;
-        self.errors += other.errors;
-        self.unconfirmed += other.unconfirmed;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        self.last_ack = self.last_ack.max(other.last_ack);
-        self.per_second.merge(&other.per_second);
-    }
 }
 
 /// The topic of a message among the load's `topics`: a raw message's by its sequence number,
@@ -312,7 +295,7 @@ pub(crate) fn aggregate_id(aggregate: u64) -> String {
     format!("aggregate-{aggregate}")
 }
 
-/// What a publisher's acknowledgement collector counted. The client ceilings' publishers keep
+/// What a publisher counted of its acknowledgements. The client ceilings' publishers keep
 /// one too, so that they pay for the same accounting per message as a cell's.
 pub(crate) struct AckTally {
     histogram: Histogram<u64>,

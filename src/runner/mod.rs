@@ -11,6 +11,7 @@ mod environment;
 pub mod faults;
 pub mod load;
 mod progress;
+mod receipts;
 pub mod search;
 
 use std::collections::{BTreeMap, BTreeSet};
