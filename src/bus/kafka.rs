@@ -8,8 +8,11 @@
 //! of handled offsets is committed, and a slow message holds back the commit of later ones.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -177,24 +180,10 @@ impl KafkaTransport {
 
     /// The ack to come of a record librdkafka took.
     fn ack_for(&self, delivery: rdkafka::producer::DeliveryFuture) -> Ack {
-        let state = self.state.clone();
-        let ack_timeout = self.ack_timeout;
-        Ack::pending(async move {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    // A delivery report from the broker: connected again.
-                    state.store(STATE_CONNECTED, Ordering::Relaxed);
-                    Ok(())
-                }
-                Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
-                    Err(BusError::ack_timed_out(ack_timeout))
-                }
-                Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
-                Err(_) => Err(BusError::broker(
-                    BACKEND,
-                    "the producer was dropped before the delivery report",
-                )),
-            }
+        Ack::Kafka(KafkaAck {
+            delivery,
+            state: self.state.clone(),
+            ack_timeout: self.ack_timeout,
         })
     }
 }
@@ -213,6 +202,37 @@ pub(crate) fn owned_headers<'a>(
             })
         },
     )
+}
+
+/// The acknowledgement of one record: librdkafka's delivery report, which its
+/// `message.timeout.ms` (the bus's ack timeout) bounds.
+pub(crate) struct KafkaAck {
+    delivery: rdkafka::producer::DeliveryFuture,
+    state: Arc<AtomicU8>,
+    ack_timeout: Duration,
+}
+
+impl Future for KafkaAck {
+    type Output = Result<(), BusError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let report = std::task::ready!(Pin::new(&mut self.delivery).poll(cx));
+        Poll::Ready(match report {
+            Ok(Ok(_)) => {
+                // A delivery report from the broker: connected again.
+                self.state.store(STATE_CONNECTED, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                Err(BusError::ack_timed_out(self.ack_timeout))
+            }
+            Ok(Err((error, _))) => Err(BusError::broker(BACKEND, error)),
+            Err(_) => Err(BusError::broker(
+                BACKEND,
+                "the producer was dropped before the delivery report",
+            )),
+        })
+    }
 }
 
 /// The librdkafka record of `record`, borrowing its payload, key and headers.

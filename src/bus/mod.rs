@@ -208,6 +208,8 @@ pub(crate) enum Ack {
     Ready(Result<(), BusError>),
     /// The broker's answer, to wait for.
     Pending(BoxFuture<'static, Result<(), BusError>>),
+    /// librdkafka's delivery report, to wait for (its own future: no box per publish).
+    Kafka(kafka::KafkaAck),
 }
 
 impl Ack {
@@ -226,6 +228,7 @@ impl Ack {
         match self {
             Ack::Ready(result) => result,
             Ack::Pending(answer) => answer.await,
+            Ack::Kafka(answer) => answer.await,
         }
     }
 }
@@ -549,7 +552,7 @@ impl PublishReceipt {
     pub fn into_ready(self) -> Result<Result<(), BusError>, PublishReceipt> {
         match self.ack {
             Ack::Ready(result) => Ok(result),
-            Ack::Pending(_) => Err(self),
+            Ack::Pending(_) | Ack::Kafka(_) => Err(self),
         }
     }
 }
@@ -561,6 +564,7 @@ impl Future for PublishReceipt {
         match &mut self.ack {
             Ack::Ready(result) => Poll::Ready(std::mem::replace(result, Ok(()))),
             Ack::Pending(answer) => answer.as_mut().poll(cx),
+            Ack::Kafka(answer) => Pin::new(answer).poll(cx),
         }
     }
 }
