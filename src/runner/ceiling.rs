@@ -19,8 +19,6 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use async_nats::jetstream;
-
 use crate::bus::{BackendConfig, BusConfig, Headers, SharedStr};
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::runner::load::AckTally;
@@ -87,6 +85,22 @@ impl CeilingLoad {
     fn shape_of<'a, Shape>(&self, shapes: &'a [Shape], seq: u64) -> Option<&'a Shape> {
         self.envelope_aggregates
             .map(|aggregates| &shapes[(seq % aggregates.max(1)) as usize])
+    }
+
+    /// How many of messages `0..messages` each topic gets, in the order of
+    /// [`CeilingLoad::topic_names`].
+    fn topic_shares(&self, messages: u64) -> Vec<u64> {
+        let topics = u64::from(self.topics.max(1));
+        let mut shares = vec![0u64; topics as usize];
+        // Messages spread by `spread % topics`, where `spread` runs over `0..width` in turn.
+        let width = self
+            .envelope_aggregates
+            .map_or(topics, |aggregates| aggregates.max(1));
+        for spread in 0..width.min(messages) {
+            let count = messages / width + u64::from(spread < messages % width);
+            shares[(spread % topics) as usize] += count;
+        }
+        shares
     }
 
     /// One key and header set per aggregate, built once: the values have the length and form
@@ -309,27 +323,47 @@ fn nats_stream_name(topic: &str) -> String {
     crate::bus::NatsConfig::stream_name("CEILING_", topic)
 }
 
+/// Receives the load's `messages` from its streams (in the order of its topics): one task per
+/// stream, each taking its topic's share, as the bus runs one fetch task per subscription.
+/// Returns when the last one arrived; the streams are put back for the next phase.
+async fn nats_receive_all(
+    load: &CeilingLoad,
+    streams: &mut Vec<async_nats::jetstream::consumer::pull::Stream>,
+    messages: u64,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<Instant, String> {
+    let shares = load.topic_shares(messages);
+    let count = streams.len();
+    // Dropped early (the publishers failed, or the run's bound passed), the set aborts them.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (mut stream, share)) in std::mem::take(streams).into_iter().zip(shares).enumerate()
+    {
+        let recorder = recorder.clone();
+        tasks.spawn(async move {
+            let result = nats_receive(&mut stream, share, recorder.as_deref()).await;
+            (index, stream, result)
+        });
+    }
+    let mut returned: Vec<Option<_>> = (0..count).map(|_| None).collect();
+    let mut last = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (index, stream, result) = joined.map_err(|e| e.to_string())?;
+        returned[index] = Some(stream);
+        let end = result?;
+        last = Some(last.map_or(end, |last: Instant| last.max(end)));
+    }
+    streams.extend(returned.into_iter().flatten());
+    Ok(last.unwrap_or_else(Instant::now))
+}
+
 /// Receives `messages` from a NATS pull consumer (transient errors skipped); with a recorder,
 /// accounts for each message and acks it, as the bus does after its handler. Returns when the
 /// last one arrived.
 async fn nats_receive(
-    stream: &mut futures::stream::SelectAll<async_nats::jetstream::consumer::pull::Stream>,
+    stream: &mut async_nats::jetstream::consumer::pull::Stream,
     messages: u64,
     recorder: Option<&Recorder>,
 ) -> Result<Instant, String> {
-    // Acks are sent from a task of their own, as the bus acks from its workers while its
-    // fetch task goes on receiving.
-    let (acks, mut to_ack) = tokio::sync::mpsc::channel::<jetstream::message::Acker>(4096);
-    let acker = recorder.map(|_| {
-        tokio::spawn(async move {
-            while let Some(acker) = to_ack.recv().await {
-                if let Err(e) = acker.ack().await {
-                    return Err(format!("acking: {e}"));
-                }
-            }
-            Ok(())
-        })
-    });
     let mut received = 0u64;
     while received < messages {
         match stream.next().await {
@@ -342,9 +376,7 @@ async fn nats_receive(
                 if let Some(recorder) = recorder {
                     let (message, acker) = message.split();
                     recorder.on_message(&message.payload);
-                    if acks.send(acker).await.is_err() {
-                        break;
-                    }
+                    acker.ack().await.map_err(|e| format!("acking: {e}"))?;
                 }
                 received += 1;
             }
@@ -352,15 +384,7 @@ async fn nats_receive(
             None => return Err(ended(received, messages)),
         }
     }
-    let end = Instant::now();
-    drop(acks);
-    if let Some(acker) = acker {
-        acker.await.map_err(|e| e.to_string())??;
-    }
-    if received < messages {
-        return Err(ended(received, messages));
-    }
-    Ok(end)
+    Ok(Instant::now())
 }
 
 fn ended(received: u64, messages: u64) -> String {
@@ -871,7 +895,7 @@ async fn nats_ceiling(
         .await
         .map_err(|e| e.to_string())?;
     let context = jetstream::new(client.clone());
-    // One stream and one pull consumer per topic, as the bus has; received as one stream.
+    // One stream and one pull consumer per topic, as the bus has, each received on its own task.
     let mut consumers = Vec::new();
     for topic in load.topic_names() {
         let stream = context
@@ -924,20 +948,19 @@ async fn nats_ceiling(
         let _ = client.drain().await;
         return Ok(figures);
     }
-    let mut messages_stream = futures::stream::select_all(consumers);
     if load.warmup > 0 {
         tokio::try_join!(
             nats_send_all(&context, load, load.warmup, true, recorder.clone()),
-            nats_receive(&mut messages_stream, load.warmup, recorder.as_deref())
+            nats_receive_all(load, &mut consumers, load.warmup, recorder.clone())
         )?;
     }
     let messages = load.messages;
     let start = MeasuredPhase::begin();
     let ((), end) = tokio::try_join!(
         nats_send_all(&context, load, messages, false, recorder.clone()),
-        nats_receive(&mut messages_stream, messages, recorder.as_deref())
+        nats_receive_all(load, &mut consumers, messages, recorder.clone())
     )?;
-    drop(messages_stream);
+    drop(consumers);
     let _ = client.drain().await;
     Ok(start.figures(messages, end))
 }
@@ -997,4 +1020,55 @@ async fn nats_send(
         in_flight.push(std::future::IntoFuture::into_future(ack), intended, seq)?;
     }
     in_flight.finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(topics: u32, envelope_aggregates: Option<u64>) -> CeilingLoad {
+        CeilingLoad {
+            messages: 0,
+            warmup: 0,
+            payload_bytes: 64,
+            max_in_flight: 16,
+            publishers: 2,
+            topic: "shares".into(),
+            topics,
+            timeout: Duration::from_secs(1),
+            fair: true,
+            envelope_aggregates,
+            publish_only: false,
+        }
+    }
+
+    /// Each topic's share, counted one message at a time with the rule that places them.
+    fn counted(load: &CeilingLoad, messages: u64) -> Vec<u64> {
+        let indexes: Vec<usize> = (0..load.topics.max(1) as usize).collect();
+        let mut shares = vec![0u64; indexes.len()];
+        for seq in 0..messages {
+            shares[*load.topic_of(&indexes, seq)] += 1;
+        }
+        shares
+    }
+
+    #[test]
+    fn topic_shares_match_where_each_message_goes() {
+        for (topics, aggregates) in [
+            (5, None),
+            (5, Some(500)),
+            (3, Some(7)),
+            (4, Some(2)),
+            (1, None),
+        ] {
+            let load = load(topics, aggregates);
+            for messages in [0, 1, 3, 6, 499, 500, 501, 2_003] {
+                assert_eq!(
+                    load.topic_shares(messages),
+                    counted(&load, messages),
+                    "{topics} topics, {aggregates:?} aggregates, {messages} messages"
+                );
+            }
+        }
+    }
 }
