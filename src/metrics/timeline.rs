@@ -3,9 +3,10 @@
 //! in it.
 //!
 //! Publishers count what they offered and what was acknowledged into their own
-//! [`SecondCounts`], merged when they finish; handlers count into a [`SecondLatencies`] of atomic counters shared by all
-//! workers, with a small log-linear histogram per second (allocated on the second's first
-//! message) so that the per-second percentiles cost one atomic increment per message.
+//! [`SecondCounts`], merged when they finish; handlers count into a [`SecondLatencies`] of
+//! atomic counters shared by all workers, with a small log-linear histogram per second
+//! (allocated on the second's first message) so that the per-second percentiles cost one
+//! atomic increment per message.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
