@@ -213,9 +213,10 @@ pub(crate) enum Ack {
 }
 
 impl Ack {
-    /// An acknowledgement to come from `answer`, which bounds its own wait: each backend hands
-    /// the bus's `ack_timeout` to its client (librdkafka's `message.timeout.ms`, the JetStream
-    /// context's timeout), so no second timer is armed per publish.
+    /// An acknowledgement to come from `answer`, which bounds its own wait: the backend hands
+    /// the bus's `ack_timeout` to its client (the JetStream context's timeout; Kafka's
+    /// [`Ack::Kafka`] is bounded the same way by librdkafka's `message.timeout.ms`), so no
+    /// second timer is armed per publish.
     pub fn pending<F>(answer: F) -> Ack
     where
         F: Future<Output = Result<(), BusError>> + Send + 'static,
