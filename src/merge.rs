@@ -448,6 +448,7 @@ fn merge_cell(
             leaked: sum(|c| c.threads.leaked),
         },
         cpu_us_per_msg: weighted(|c| c.cpu_us_per_msg),
+        whole_cell_cpu_us_per_msg: weighted(|c| c.whole_cell_cpu_us_per_msg),
         // A ceiling is one process's figure; a sharded run does not measure it.
         ceiling_msgs_per_sec: None,
         bare_client_msgs_per_sec: None,

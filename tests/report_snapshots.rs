@@ -67,6 +67,7 @@ fn cell(backend: BackendKind, mode: Mode, scale: f64) -> CellResult {
             leaked: 0,
         },
         cpu_us_per_msg: 10.0 * scale,
+        whole_cell_cpu_us_per_msg: 12.0 * scale,
         ceiling_msgs_per_sec: Some(4000.0),
         bare_client_msgs_per_sec: Some(5000.0),
         ceiling_cpu_us_per_msg: Some(3.5),

@@ -275,8 +275,16 @@ pub struct CellResult {
     pub tasks: Tasks,
     /// OS threads.
     pub threads: Threads,
-    /// Process CPU time (user + system) per handled message, microseconds.
+    /// Process CPU time (user + system) per handled message over the measured phase, from
+    /// the first measured send to the last message handled, microseconds: the span the
+    /// client ceiling's `ceiling_cpu_us_per_msg` covers too.
     pub cpu_us_per_msg: f64,
+    /// Process CPU time per handled message over the whole cell, microseconds: connecting,
+    /// creating topics, the warm-up, the measured phase, draining and closing, spread over
+    /// the measured messages. Above `cpu_us_per_msg` by the cell's fixed costs, which weigh
+    /// more the fewer messages a scenario sends.
+    #[serde(default)]
+    pub whole_cell_cpu_us_per_msg: f64,
     /// End-to-end throughput of the client alone (no bus) on the same broker and load,
     /// paying what the bus's guarantee and the harness need: NATS acks, Kafka commits at the
     /// bus's cadence, and the per-message accounting. The bus's efficiency is measured

@@ -120,6 +120,8 @@ pub struct WorkCounters {
     pub allocations: Option<crate::metrics::alloc::AllocationCounts>,
     /// Context switches so far.
     pub context_switches: u64,
+    /// Process CPU time (user + system) so far.
+    pub cpu: Duration,
 }
 
 impl WorkCounters {
@@ -128,6 +130,7 @@ impl WorkCounters {
         WorkCounters {
             allocations: crate::metrics::alloc::AllocationCounts::read(),
             context_switches: context_switches(),
+            cpu: cpu_time(),
         }
     }
 

@@ -43,6 +43,7 @@ pub const COLUMNS: &[&str] = &[
     "e2e_p999_us",
     "e2e_max_us",
     "cpu_us_per_msg",
+    "whole_cell_cpu_us_per_msg",
     "allocations_per_msg",
     "rss_peak_bytes",
     "tasks_leaked",
@@ -120,6 +121,7 @@ fn row(scenario: &str, cell: &CellResult) -> Vec<String> {
     fields.extend(percentiles(&cell.latency_us.publish));
     fields.extend(percentiles(&cell.latency_us.e2e));
     fields.push(cell.cpu_us_per_msg.to_string());
+    fields.push(cell.whole_cell_cpu_us_per_msg.to_string());
     fields.push(optional(cell.work_per_msg.allocations));
     fields.extend(
         [

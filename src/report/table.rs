@@ -191,6 +191,12 @@ fn metrics() -> Vec<Metric> {
             format: two,
         },
         Metric {
+            name: "CPU µs/msg, whole cell",
+            better: Better::Lower,
+            value: |c| Some(c.whole_cell_cpu_us_per_msg),
+            format: two,
+        },
+        Metric {
             name: "heap allocs/msg",
             better: Better::Lower,
             value: |c| c.work_per_msg.allocations,

@@ -1446,6 +1446,14 @@ fn run_cell(
             )
         });
     }
+    let per_message = |cpu: Duration| {
+        if received.distinct > 0 {
+            cpu.as_secs_f64() * 1e6 / received.distinct as f64
+        } else {
+            0.0
+        }
+    };
+    let whole_cell_cpu_us_per_msg = per_message(cpu);
     let e2e_histogram = recorder.e2e_histogram();
     let publish_seconds = last_ack.saturating_sub(first_send) as f64 / 1e9;
     let e2e_seconds = received.last_handled_nanos.saturating_sub(first_send) as f64 / 1e9;
@@ -1498,11 +1506,10 @@ fn run_cell(
             peak: samples.threads_peak,
             leaked: threads_after.saturating_sub(threads_baseline),
         },
-        cpu_us_per_msg: if received.distinct > 0 {
-            cpu.as_secs_f64() * 1e6 / received.distinct as f64
-        } else {
-            0.0
-        },
+        cpu_us_per_msg: measured.as_ref().map_or(whole_cell_cpu_us_per_msg, |m| {
+            per_message(m.work.1.cpu.saturating_sub(m.work.0.cpu))
+        }),
+        whole_cell_cpu_us_per_msg,
         ceiling_msgs_per_sec: None,
         bare_client_msgs_per_sec: None,
         ceiling_cpu_us_per_msg: None,
