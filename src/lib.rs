@@ -7,6 +7,7 @@
 
 pub mod ab;
 pub mod bus;
+pub mod chunks;
 pub mod cli;
 pub mod merge;
 pub mod metrics;

@@ -35,6 +35,7 @@ use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
     KafkaConfig, Message, Record, SharedStr, Transport,
 };
+use crate::chunks::ByteChunks;
 
 const BACKEND: &str = "kafka";
 const STATE_CONNECTED: u8 = 0;
@@ -565,34 +566,6 @@ impl KafkaAcker {
     pub fn nak(self) {}
 }
 
-/// Bytes of received payloads, copied out of librdkafka's buffers into shared chunks: one
-/// allocation per chunk instead of one per payload, and payloads that clone without allocating
-/// (a lone copy allocates again on its first clone, which the handler call makes). A chunk is
-/// freed when the last payload in it is dropped.
-struct PayloadChunks {
-    chunk: bytes::BytesMut,
-}
-
-impl PayloadChunks {
-    /// Bytes of room in each new chunk; a payload larger than this gets a chunk of its own.
-    const CHUNK_BYTES: usize = 64 * 1024;
-
-    fn new() -> Self {
-        PayloadChunks {
-            chunk: bytes::BytesMut::new(),
-        }
-    }
-
-    /// A copy of `payload`.
-    fn copy(&mut self, payload: &[u8]) -> bytes::Bytes {
-        if self.chunk.capacity() - self.chunk.len() < payload.len() {
-            self.chunk = bytes::BytesMut::with_capacity(Self::CHUNK_BYTES.max(payload.len()));
-        }
-        self.chunk.extend_from_slice(payload);
-        self.chunk.split().freeze()
-    }
-}
-
 async fn fetch_loop(
     consumer: Arc<StreamConsumer<TrackingContext>>,
     topic: Arc<str>,
@@ -602,7 +575,7 @@ async fn fetch_loop(
     error: Arc<Mutex<Option<BusError>>>,
 ) {
     let mut stream = consumer.stream();
-    let mut payloads = PayloadChunks::new();
+    let mut payloads = ByteChunks::new();
     loop {
         let received = tokio::select! {
             biased;
@@ -753,31 +726,6 @@ impl Consumer for KafkaConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payload_copies_share_chunks_and_keep_their_bytes() {
-        let mut payloads = PayloadChunks::new();
-        let first = payloads.copy(b"first");
-        let empty = payloads.copy(b"");
-        let second = payloads.copy(b"second");
-        // Larger than the room left: a new chunk; larger than a chunk: one of its own.
-        let filler = vec![7u8; PayloadChunks::CHUNK_BYTES - 20];
-        let third = payloads.copy(&filler);
-        let huge = vec![9u8; PayloadChunks::CHUNK_BYTES * 2];
-        let fourth = payloads.copy(&huge);
-        let after = payloads.copy(b"after");
-        assert_eq!(&first[..], b"first");
-        assert!(empty.is_empty());
-        assert_eq!(&second[..], b"second");
-        assert_eq!(third[..], filler[..]);
-        assert_eq!(fourth[..], huge[..]);
-        assert_eq!(&after[..], b"after");
-        // Consecutive copies sit side by side in one chunk.
-        assert_eq!(second.as_ptr(), first.as_ptr().wrapping_add(first.len()));
-        let clone = second.clone();
-        drop((first, second, third, fourth));
-        assert_eq!(&clone[..], b"second");
-    }
 
     #[test]
     fn watermark_commits_only_the_contiguous_prefix() {

@@ -8,6 +8,7 @@
 //! throughput divided by this. The bare client (no acks, no commits, no accounting) shows the
 //! client's raw limit beside it.
 
+use crate::chunks::ByteChunks;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -482,6 +483,7 @@ fn payload(
     seq: u64,
     warmup: bool,
     recorder: Option<&Recorder>,
+    chunks: &mut ByteChunks,
 ) -> (Bytes, u64) {
     let intended = if warmup {
         0
@@ -498,7 +500,7 @@ fn payload(
             version: 0,
         }
     };
-    (stamp.payload(load.payload_bytes), intended)
+    (stamp.payload_in(load.payload_bytes, chunks), intended)
 }
 
 /// A ceiling publisher's accounting for its acknowledgements, the same as a cell's publisher
@@ -604,8 +606,10 @@ async fn memory_send_all(
                 .map(|shape| (SharedStr::from(shape.key), Headers::from(shape.headers)))
                 .collect();
             let mut accounting = PublishAccounting::new(recorder.as_deref(), warmup);
+            let mut chunks = ByteChunks::new();
             for seq in seqs {
-                let (payload, intended) = payload(&load, seq, warmup, recorder.as_deref());
+                let (payload, intended) =
+                    payload(&load, seq, warmup, recorder.as_deref(), &mut chunks);
                 let (key, headers) = match load.shape_of(&shapes, seq) {
                     Some((key, headers)) => (Some(key.clone()), headers.clone()),
                     None => (None, Headers::new()),
@@ -848,9 +852,10 @@ async fn kafka_send(
             }
         },
     );
+    let mut chunks = ByteChunks::new();
     for seq in seqs {
         in_flight.make_room().await?;
-        let (body, intended) = payload(load, seq, warmup, recorder);
+        let (body, intended) = payload(load, seq, warmup, recorder, &mut chunks);
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(load.topic_of(&names, seq).as_str()).payload(&body[..]);
         if let Some(shape) = load.shape_of(&shapes, seq) {
@@ -1003,10 +1008,11 @@ async fn nats_send(
             async_nats::jetstream::context::PublishError,
         >| { acknowledged.map(|_| ()).map_err(|e| e.to_string()) },
     );
+    let mut chunks = ByteChunks::new();
     for seq in seqs {
         in_flight.make_room().await?;
         let subject = load.topic_of(&subjects, seq).clone();
-        let (body, intended) = payload(load, seq, warmup, recorder);
+        let (body, intended) = payload(load, seq, warmup, recorder, &mut chunks);
         let sent = match load.shape_of(&shapes, seq) {
             Some(shape) => {
                 let headers = crate::bus::nats_header_map(

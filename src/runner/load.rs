@@ -1,6 +1,7 @@
 //! The load loop: publishers that send on schedule and record publish latency, each with its
 //! own counters and histogram, handed over when done.
 
+use crate::chunks::ByteChunks;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -93,6 +94,7 @@ pub async fn publish(
         .step_by(plan.publishers as usize)
         .collect();
     let mut versions = vec![0u32; owned.len()];
+    let mut payloads = ByteChunks::new();
     // Shared strings: each envelope takes a reference to its aggregate id, not a copy.
     let aggregate_ids: Vec<SharedStr> = match plan.mode {
         Mode::Envelope => owned
@@ -162,7 +164,7 @@ pub async fn publish(
                 let topic = topic_of(&plan.topics, seq);
                 tokio::select! {
                     biased;
-                    result = bus.publish_pipelined(topic, stamp.payload(plan.payload_bytes)) => result,
+                    result = bus.publish_pipelined(topic, stamp.payload_in(plan.payload_bytes, &mut payloads)) => result,
                     _ = &mut stopped => break,
                 }
             }
@@ -181,7 +183,7 @@ pub async fn publish(
                     aggregate_ids[slot].clone(),
                     SharedStr::from_static("BenchmarkEvent"),
                     i64::from(versions[slot]),
-                    stamp.payload(plan.payload_bytes),
+                    stamp.payload_in(plan.payload_bytes, &mut payloads),
                 );
                 tokio::select! {
                     biased;
