@@ -8,7 +8,6 @@
 //! throughput divided by this. The bare client (no acks, no commits, no accounting) shows the
 //! client's raw limit beside it.
 
-use crate::chunks::ByteChunks;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::bus::{BackendConfig, BusConfig, Headers, SharedStr};
+use crate::chunks::ByteChunks;
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::runner::load::AckTally;
 use crate::runner::receipts::ReceiptWindow;

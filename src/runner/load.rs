@@ -1,7 +1,6 @@
 //! The load loop: publishers that send on schedule and record publish latency, each with its
 //! own counters and histogram, handed over when done.
 
-use crate::chunks::ByteChunks;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, Envelope, EventBus, PublishReceipt, SharedStr};
+use crate::chunks::ByteChunks;
 use crate::metrics::latency;
 use crate::metrics::recorder::{Recorder, Stamp};
 use crate::metrics::timeline::SecondCounts;
