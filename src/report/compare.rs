@@ -535,7 +535,10 @@ impl Comparison {
         thresholds: &RegressionThresholds,
     ) {
         let values = (median(base_runs), median(now_runs));
-        let noise = spread_pct(base_runs).max(spread_pct(now_runs));
+        // Both spreads in percent of the baseline's median, the unit the change is in: the
+        // current runs' spread taken against their own median would swell as a regression
+        // shrinks that median, until a large regression read as noise.
+        let noise = spread_pct(base_runs).max(spread_against(now_runs, values.0));
         self.push_judged(cell, metric, kind, values, noise, thresholds);
     }
 
@@ -573,6 +576,16 @@ impl Comparison {
 
 fn spread_pct(runs: &[f64]) -> f64 {
     crate::metrics::model::RepeatSpread::spread_of(runs)
+}
+
+/// The runs' spread (largest less smallest) in percent of `reference`.
+fn spread_against(runs: &[f64], reference: f64) -> f64 {
+    if runs.len() < 2 || reference <= 0.0 {
+        return 0.0;
+    }
+    let max = runs.iter().copied().fold(f64::MIN, f64::max);
+    let min = runs.iter().copied().fold(f64::MAX, f64::min);
+    (max - min) / reference * 100.0
 }
 
 fn format_value(metric: &str, value: f64) -> String {
@@ -735,4 +748,24 @@ pub fn csv(comparison: &Comparison) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, spread_against, spread_pct};
+
+    #[test]
+    fn a_large_drop_is_judged_against_the_baseline_s_scale() {
+        let base = [0.53, 0.54, 0.55];
+        let now = [0.10, 0.154, 0.22];
+        assert!(
+            spread_pct(&now) > 70.0,
+            "against their own small median the runs would read as noise"
+        );
+        let noise = spread_pct(&base).max(spread_against(&now, median(&base)));
+        assert!((noise - 0.12 / 0.54 * 100.0).abs() < 1e-9, "{noise}");
+        assert!(noise < 71.0, "a 71% drop is past that noise");
+        assert_eq!(spread_against(&[1.0], 2.0), 0.0);
+        assert_eq!(spread_against(&now, 0.0), 0.0);
+    }
 }
