@@ -578,14 +578,12 @@ fn spread_pct(runs: &[f64]) -> f64 {
     crate::metrics::model::RepeatSpread::spread_of(runs)
 }
 
-/// The runs' spread (largest less smallest) in percent of `reference`.
+/// The runs' spread (largest less smallest) in percent of `reference` instead of their median.
 fn spread_against(runs: &[f64], reference: f64) -> f64 {
-    if runs.len() < 2 || reference <= 0.0 {
+    if reference <= 0.0 {
         return 0.0;
     }
-    let max = runs.iter().copied().fold(f64::MIN, f64::max);
-    let min = runs.iter().copied().fold(f64::MAX, f64::min);
-    (max - min) / reference * 100.0
+    spread_pct(runs) * median(runs) / reference
 }
 
 fn format_value(metric: &str, value: f64) -> String {
