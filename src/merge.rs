@@ -304,10 +304,12 @@ fn merge_cell(
     // Histograms merged exactly.
     let mut publish = latency::new_histogram();
     let mut e2e = latency::new_histogram();
+    let mut send_lag = latency::new_histogram();
     for (part, cell) in &present {
         for (name, text, into) in [
             ("publish", &cell.histograms.publish, &mut publish),
             ("end-to-end", &cell.histograms.e2e, &mut e2e),
+            ("send-lag", &cell.histograms.send_lag, &mut send_lag),
         ] {
             match latency::decode(text) {
                 Some(histogram) => {
@@ -423,10 +425,16 @@ fn merge_cell(
         latency_us: Latency {
             publish: Percentiles::of(&publish),
             e2e: Percentiles::of(&e2e),
+            send_lag: Percentiles::of(&send_lag),
         },
         histograms: Histograms {
             publish: latency::encode(&publish),
             e2e: latency::encode(&e2e),
+            send_lag: if send_lag.is_empty() {
+                String::new()
+            } else {
+                latency::encode(&send_lag)
+            },
         },
         memory: crate::metrics::model::Memory {
             rss_baseline_bytes: max(|c| c.memory.rss_baseline_bytes).unwrap_or(0),

@@ -259,20 +259,24 @@ fn client_threads_sets_the_runtime_threads_and_repeats_keep_every_ceiling_run() 
     }
 }
 
+/// Runs a scenario named `name` on the memory backend, both modes, no ceiling, 10 warm-up
+/// messages, with `work` (the load's keys) added.
+fn run_memory(dir: &Path, name: &str, work: &str) -> busbench::metrics::model::RunResult {
+    common::run_scenario_ok(
+        dir,
+        name,
+        &format!(
+            "name = \"{name}\"\nbackends = [\"memory\"]\nmodes = [\"raw\", \"envelope\"]\n\
+             ceiling = false\nwarmup = 10\n{work}\n"
+        ),
+        &[],
+    )
+}
+
 #[test]
 fn a_warm_up_duration_offers_the_cells_rate_for_that_long_before_measuring() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |name: &str, work: &str| {
-        common::run_scenario_ok(
-            dir.path(),
-            name,
-            &format!(
-                "name = \"{name}\"\nbackends = [\"memory\"]\nmodes = [\"raw\", \"envelope\"]\n\
-                 ceiling = false\nwarmup = 10\n{work}\n"
-            ),
-            &[],
-        )
-    };
+    let run = |name: &str, work: &str| run_memory(dir.path(), name, work);
     // At a rate: rate x duration messages, the last one due 1 s - 1/4000 s after the first.
     let paced = run(
         "paced",
@@ -298,6 +302,27 @@ fn a_warm_up_duration_offers_the_cells_rate_for_that_long_before_measuring() {
     }
     for cell in &counted.cells {
         assert_eq!(cell.warmup_messages, Some(10));
+    }
+}
+
+#[test]
+fn a_paced_cell_records_each_message_s_send_lag_and_a_flat_out_one_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, work: &str| run_memory(dir.path(), name, work);
+    let paced = run("paced", "duration = \"1s\"\nrate = 3000");
+    let flat_out = run("flat-out", "messages = 3000");
+    for cell in &paced.cells {
+        let lag = cell.latency_us.send_lag;
+        assert_eq!(lag.count, 3000, "{}: one sample per message", cell.mode);
+        assert!(lag.p50 <= lag.p99 && lag.p99 <= lag.max, "{lag:?}");
+        // The lag is a part of the latency measured from the same intended send time.
+        assert!(lag.p50 <= cell.latency_us.e2e.p50, "{lag:?}");
+        let histogram = busbench::metrics::latency::decode(&cell.histograms.send_lag).unwrap();
+        assert_eq!(histogram.len(), 3000);
+    }
+    for cell in &flat_out.cells {
+        assert_eq!(cell.latency_us.send_lag.count, 0, "{}", cell.mode);
+        assert!(cell.histograms.send_lag.is_empty());
     }
 }
 

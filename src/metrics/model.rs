@@ -175,6 +175,12 @@ pub struct Latency {
     pub publish: Percentiles,
     /// From the intended send time to the start of the handler (same process, monotonic clock).
     pub e2e: Percentiles,
+    /// Under a target rate, from the intended send time to the moment the harness handed the
+    /// message to the bus: the part of both figures above that passed before the bus had the
+    /// message (the pacing timer's lateness, and earlier sends that waited). All zero, with no
+    /// samples, without a target rate.
+    #[serde(default)]
+    pub send_lag: Percentiles,
 }
 
 /// The latency histograms themselves (HdrHistogram V2 deflate, base64).
@@ -184,6 +190,9 @@ pub struct Histograms {
     pub publish: String,
     /// End-to-end histogram.
     pub e2e: String,
+    /// Send-lag histogram (empty without a target rate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub send_lag: String,
 }
 
 /// Resident memory of the process during a cell.

@@ -42,6 +42,8 @@ pub const COLUMNS: &[&str] = &[
     "e2e_p99_us",
     "e2e_p999_us",
     "e2e_max_us",
+    "send_lag_p50_us",
+    "send_lag_p99_us",
     "cpu_us_per_msg",
     "whole_cell_cpu_us_per_msg",
     "allocations_per_msg",
@@ -120,6 +122,14 @@ fn row(scenario: &str, cell: &CellResult) -> Vec<String> {
     );
     fields.extend(percentiles(&cell.latency_us.publish));
     fields.extend(percentiles(&cell.latency_us.e2e));
+    let send_lag = &cell.latency_us.send_lag;
+    fields.extend([send_lag.p50, send_lag.p99].map(|v| {
+        if send_lag.count > 0 {
+            v.to_string()
+        } else {
+            String::new()
+        }
+    }));
     fields.push(cell.cpu_us_per_msg.to_string());
     fields.push(cell.whole_cell_cpu_us_per_msg.to_string());
     fields.push(optional(cell.work_per_msg.allocations));

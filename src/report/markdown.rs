@@ -150,10 +150,16 @@ impl Exporter for MarkdownExporter {
         )?;
         writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
         for cell in &result.cells {
+            let send_lag = &cell.latency_us.send_lag;
             for (kind, p) in [
                 ("publish", &cell.latency_us.publish),
                 ("end-to-end", &cell.latency_us.e2e),
+                ("send lag", send_lag),
             ] {
+                // Without a target rate there is no send lag to show.
+                if kind == "send lag" && send_lag.count == 0 {
+                    continue;
+                }
                 writeln!(
                     out,
                     "| {}/{} | {kind} | {} | {} | {} | {} | {} | {:.0} | {} |",
@@ -280,6 +286,15 @@ impl Exporter for MarkdownExporter {
              queueing); end-to-end latency runs to the start of the handler, on one monotonic \
              clock in one process. Throughput ends at the last handled message."
         )?;
+        if result.cells.iter().any(|c| c.latency_us.send_lag.count > 0) {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "Send lag is how far behind its intended send time each message was handed to \
+                 the bus (the publishers' timer, waits behind earlier sends): a part of both \
+                 latencies that passed before the bus had the message."
+            )?;
+        }
         Ok(out.into_bytes())
     }
 }

@@ -143,6 +143,14 @@ fn metrics() -> Vec<Metric> {
             format: micros,
         },
         Metric {
+            name: "send lag p99 µs",
+            better: Better::Lower,
+            value: |c| {
+                (c.latency_us.send_lag.count > 0).then_some(c.latency_us.send_lag.p99 as f64)
+            },
+            format: micros,
+        },
+        Metric {
             name: "e2e p50 µs",
             better: Better::Lower,
             value: |c| Some(c.latency_us.e2e.p50 as f64),

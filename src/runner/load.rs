@@ -57,6 +57,9 @@ pub struct PublisherReport {
     pub first_error: Option<String>,
     /// Publish latency from the intended send time to the acknowledgement.
     pub latency: Histogram<u64>,
+    /// Under a target rate, how far behind its intended send time each message was handed to
+    /// the bus (empty without a rate: a message is then intended when it is sent).
+    pub send_lag: Histogram<u64>,
     /// When the last acknowledgement arrived, nanoseconds since the epoch.
     pub last_ack_nanos: u64,
     /// Messages per second of their intended send time (the offered load).
@@ -114,6 +117,7 @@ pub async fn publish(
     let mut send_errors = 0;
     let mut first_send_error = None;
     let mut offered = SecondCounts::default();
+    let mut send_lag = latency::new_histogram();
     'sending: for k in 0..count {
         // The token's check takes a lock: every 64th message is soon enough (a publish that
         // waits also watches the token).
@@ -133,7 +137,7 @@ pub async fn publish(
         let seq = first_seq + k;
         let intended = if per_publisher_rate > 0.0 {
             let due = start + (k as f64 * 1e9 / per_publisher_rate) as u64;
-            let now = recorder.now_nanos();
+            let mut now = recorder.now_nanos();
             if due > now {
                 // Until the send time, take the answers as they arrive.
                 let sleep = tokio::time::sleep(Duration::from_nanos(due - now));
@@ -148,7 +152,9 @@ pub async fn publish(
                         }
                     }
                 }
+                now = recorder.now_nanos();
             }
+            latency::record(&mut send_lag, now.saturating_sub(due) / 1000);
             due
         } else {
             recorder.now_nanos()
@@ -239,6 +245,7 @@ pub async fn publish(
         unconfirmed: acks.unconfirmed,
         first_error: first_send_error.or(acks.first_error),
         latency: acks.histogram,
+        send_lag,
         last_ack_nanos: acks.last_ack,
         offered,
         acknowledged_per_second: acks.per_second,

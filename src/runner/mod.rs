@@ -699,6 +699,8 @@ struct Measured {
     unconfirmed: u64,
     first_error: Option<String>,
     publish_histogram: hdrhistogram::Histogram<u64>,
+    /// How late the harness handed messages to the bus (under a target rate).
+    send_lag_histogram: hdrhistogram::Histogram<u64>,
     last_ack_nanos: u64,
     first_send_nanos: u64,
     completed: bool,
@@ -1274,10 +1276,12 @@ async fn measure(
         .metrics()
         .num_alive_tasks() as u64;
     let mut publish_histogram = latency::new_histogram();
+    let mut send_lag_histogram = latency::new_histogram();
     let mut offered = SecondCounts::default();
     let mut acknowledged_per_second = SecondCounts::default();
     for report in &reports {
         let _ = publish_histogram.add(&report.latency);
+        let _ = send_lag_histogram.add(&report.send_lag);
         offered.merge(&report.offered);
         acknowledged_per_second.merge(&report.acknowledged_per_second);
     }
@@ -1292,6 +1296,7 @@ async fn measure(
         unconfirmed,
         first_error,
         publish_histogram,
+        send_lag_histogram,
         last_ack_nanos: reports.iter().map(|r| r.last_ack_nanos).max().unwrap_or(0),
         first_send_nanos,
         completed,
@@ -1396,19 +1401,21 @@ fn run_cell(
             None
         }
     };
-    let (sent, acknowledged, publish_errors, unconfirmed, publish_histogram, first_send, last_ack) =
-        match &measured {
-            Some(m) => (
-                m.sent,
-                m.acknowledged,
-                m.publish_errors,
-                m.unconfirmed,
-                m.publish_histogram.clone(),
-                m.first_send_nanos,
-                m.last_ack_nanos,
-            ),
-            None => (0, 0, 0, 0, latency::new_histogram(), 0, 0),
-        };
+    let (sent, acknowledged, publish_errors, unconfirmed, first_send, last_ack) = match &measured {
+        Some(m) => (
+            m.sent,
+            m.acknowledged,
+            m.publish_errors,
+            m.unconfirmed,
+            m.first_send_nanos,
+            m.last_ack_nanos,
+        ),
+        None => (0, 0, 0, 0, 0, 0),
+    };
+    let (publish_histogram, send_lag_histogram) = match &measured {
+        Some(m) => (m.publish_histogram.clone(), m.send_lag_histogram.clone()),
+        None => (latency::new_histogram(), latency::new_histogram()),
+    };
     if let Some(m) = &measured {
         interrupted_cell |= m.interrupted;
         if let Some(error) = &m.first_error
@@ -1484,10 +1491,16 @@ fn run_cell(
         latency_us: Latency {
             publish: Percentiles::of(&publish_histogram),
             e2e: Percentiles::of(&e2e_histogram),
+            send_lag: Percentiles::of(&send_lag_histogram),
         },
         histograms: Histograms {
             publish: latency::encode(&publish_histogram),
             e2e: latency::encode(&e2e_histogram),
+            send_lag: if send_lag_histogram.is_empty() {
+                String::new()
+            } else {
+                latency::encode(&send_lag_histogram)
+            },
         },
         memory: Memory {
             rss_baseline_bytes: rss_baseline,
