@@ -113,7 +113,7 @@ fn recycle(text: String) {
 }
 
 impl Block {
-    fn bounds(&self) -> impl Iterator<Item = &Bounds> + '_ {
+    fn bounds(&self) -> impl Iterator<Item = &Bounds> + Clone + '_ {
         self.inline[..usize::from(self.inline_len)]
             .iter()
             .chain(&self.spilled)
@@ -168,7 +168,7 @@ impl Headers {
     }
 
     /// Every header, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
         let (text, bounds) = match self.0.as_deref() {
             Some(block) => (block.text.as_str(), Some(block.bounds())),
             None => ("", None),

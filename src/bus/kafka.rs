@@ -24,7 +24,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
@@ -189,20 +189,60 @@ impl KafkaTransport {
     }
 }
 
-/// librdkafka's header list of `headers` (`count` of them), in their order.
+/// librdkafka's header list of a record's `headers` (`count` of them), in their order, but for
+/// an envelope's aggregate id when the record's `key` already carries it: the key is where
+/// Kafka keeps what partitions a record (as CloudEvents' Kafka binding keeps its partition key),
+/// and a header per record costs librdkafka an allocation, a free and an encoding on each side.
+/// [`received_headers`] puts it back for the handler.
 pub(crate) fn owned_headers<'a>(
-    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     count: usize,
+    key: Option<&str>,
 ) -> OwnedHeaders {
-    headers.fold(
-        OwnedHeaders::new_with_capacity(count),
-        |list, (key, value)| {
-            list.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        },
-    )
+    let key_carries_aggregate = key.is_some()
+        && headers
+            .clone()
+            .any(|(name, _)| name == super::envelope::HEADER_EVENT_ID);
+    headers
+        .filter(|&(name, value)| {
+            !(key_carries_aggregate
+                && name == super::envelope::HEADER_AGGREGATE_ID
+                && Some(value) == key)
+        })
+        .fold(
+            OwnedHeaders::new_with_capacity(count),
+            |list, (key, value)| {
+                list.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        )
+}
+
+/// A received record's headers, with the aggregate-id header of an envelope whose key carried
+/// it alone (see [`owned_headers`]) put back from the key, after the others.
+fn received_headers(received: Option<&BorrowedHeaders>, key: Option<&[u8]>) -> Headers {
+    let Some(received) = received else {
+        return Headers::new();
+    };
+    let mut headers = Headers::builder_for(received.count() + 1);
+    let (mut event_id, mut aggregate_id) = (false, false);
+    for header in received.iter() {
+        event_id |= header.key == super::envelope::HEADER_EVENT_ID;
+        aggregate_id |= header.key == super::envelope::HEADER_AGGREGATE_ID;
+        headers.push(
+            header.key,
+            &String::from_utf8_lossy(header.value.unwrap_or_default()),
+        );
+    }
+    if let Some(key) = key.filter(|_| event_id && !aggregate_id) {
+        headers.push(
+            super::envelope::HEADER_AGGREGATE_ID,
+            &String::from_utf8_lossy(key),
+        );
+    }
+    headers.build()
 }
 
 /// The acknowledgement of one record: librdkafka's delivery report, which its
@@ -242,8 +282,11 @@ fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, str
         FutureRecord::to(topic).payload(&record.payload[..]);
     // No header list at all for raw records: librdkafka allocates one even when empty.
     if !record.headers.is_empty() {
-        future_record =
-            future_record.headers(owned_headers(record.headers.iter(), record.headers.len()));
+        future_record = future_record.headers(owned_headers(
+            record.headers.iter(),
+            record.headers.len(),
+            record.key.as_deref(),
+        ));
     }
     if let Some(key) = record.key.as_deref() {
         future_record = future_record.key(key);
@@ -591,19 +634,7 @@ async fn fetch_loop(
         };
         let partition = message.partition();
         let offset = message.offset();
-        let headers = match message.headers() {
-            Some(received) => {
-                let mut headers = Headers::builder_for(received.count());
-                for header in received.iter() {
-                    headers.push(
-                        header.key,
-                        &String::from_utf8_lossy(header.value.unwrap_or_default()),
-                    );
-                }
-                headers.build()
-            }
-            None => Headers::new(),
-        };
+        let headers = received_headers(message.headers(), message.key());
         let delivery = Delivery {
             message: Message {
                 topic: topic.clone(),
@@ -744,5 +775,61 @@ mod tests {
         tracker.done(&topic, 0, 13);
         assert_eq!(tracker.take_commits(), vec![(topic.clone(), 0, 15)]);
         assert!(tracker.take_commits().is_empty());
+    }
+
+    fn names(headers: &OwnedHeaders) -> Vec<&str> {
+        headers.iter().map(|header| header.key).collect()
+    }
+
+    #[test]
+    fn an_envelope_s_aggregate_id_travels_as_its_key_and_comes_back_as_its_header() {
+        use super::super::envelope::{HEADER_AGGREGATE_ID, HEADER_EVENT_ID};
+        use super::super::{Envelope, Message};
+        let sent = Envelope::new(
+            "order-7",
+            "OrderPlaced",
+            3,
+            bytes::Bytes::from_static(b"{}"),
+        );
+        let headers = sent.headers();
+        let wire = owned_headers(headers.iter(), headers.len(), Some("order-7"));
+        assert_eq!(wire.count(), headers.len() - 1);
+        assert!(!names(&wire).contains(&HEADER_AGGREGATE_ID));
+
+        let received = received_headers(Some(wire.as_borrowed()), Some(b"order-7"));
+        assert_eq!(received.len(), headers.len());
+        assert_eq!(received.get(HEADER_AGGREGATE_ID), Some("order-7"));
+        let message = Message {
+            topic: Arc::from("orders"),
+            key: Some(received_key(b"order-7", &received)),
+            headers: received,
+            payload: sent.payload.clone(),
+            attempt: 1,
+        };
+        let decoded = Envelope::from_message(&message).unwrap();
+        assert_eq!(decoded.aggregate_id, sent.aggregate_id);
+        assert_eq!(decoded.event_id, sent.event_id);
+
+        // A key other than the aggregate id leaves the header on the wire.
+        let wire = owned_headers(headers.iter(), headers.len(), Some("another"));
+        assert_eq!(wire.count(), headers.len());
+        // Records that are not envelopes keep every header they were given.
+        let plain = Headers::from(vec![(HEADER_AGGREGATE_ID.to_owned(), "k".to_owned())]);
+        let wire = owned_headers(plain.iter(), plain.len(), Some("k"));
+        assert_eq!(names(&wire), [HEADER_AGGREGATE_ID]);
+        let back = received_headers(Some(wire.as_borrowed()), Some(b"k"));
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            [(HEADER_AGGREGATE_ID, "k")]
+        );
+        // A record written with both keeps the one it has; one with neither key nor headers
+        // gets none.
+        let both = owned_headers(headers.iter(), headers.len(), None);
+        let back = received_headers(Some(both.as_borrowed()), Some(b"order-7"));
+        assert_eq!(back.len(), headers.len());
+        assert!(received_headers(None, None).is_empty());
+        let event_only = Headers::from(vec![(HEADER_EVENT_ID.to_owned(), "e".to_owned())]);
+        let wire = owned_headers(event_only.iter(), 1, None);
+        assert_eq!(received_headers(Some(wire.as_borrowed()), None).len(), 1);
     }
 }

@@ -53,7 +53,8 @@ pub struct CeilingLoad {
     /// Records shaped like envelopes for this many aggregates (the envelope cells' load), or
     /// `None` for raw records. Envelope records carry what the bus's envelopes carry on the
     /// wire, so that the client pays for the same bytes: the aggregate id as the record key
-    /// (Kafka, and the memory channel's records), the five envelope headers, each message's
+    /// (Kafka, and the memory channel's records), the five envelope headers (on Kafka the four
+    /// besides the aggregate id, which the key carries, as the bus sends them), each message's
     /// topic chosen by its aggregate; the consumer reads every header. Building and parsing
     /// the envelopes themselves (event ids, timestamps, validation) is left to the bus: that
     /// is part of what it costs.
@@ -862,6 +863,7 @@ async fn kafka_send(
             let headers = crate::bus::kafka_headers(
                 shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 shape.headers.len(),
+                Some(shape.key.as_str()),
             );
             record = record.key(shape.key.as_str()).headers(headers);
         }
