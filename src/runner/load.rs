@@ -58,8 +58,9 @@ pub struct PublisherReport {
     /// Publish latency from the intended send time to the acknowledgement.
     pub latency: Histogram<u64>,
     /// Under a target rate, how far behind its intended send time each message was handed to
-    /// the bus (empty without a rate: a message is then intended when it is sent).
-    pub send_lag: Histogram<u64>,
+    /// the bus; `None` without a rate (a message is then intended when it is sent), so that a
+    /// flat-out publisher allocates no histogram for it.
+    pub send_lag: Option<Histogram<u64>>,
     /// When the last acknowledgement arrived, nanoseconds since the epoch.
     pub last_ack_nanos: u64,
     /// Messages per second of their intended send time (the offered load).
@@ -117,7 +118,7 @@ pub async fn publish(
     let mut send_errors = 0;
     let mut first_send_error = None;
     let mut offered = SecondCounts::default();
-    let mut send_lag = latency::new_histogram();
+    let mut send_lag = (per_publisher_rate > 0.0).then(latency::new_histogram);
     'sending: for k in 0..count {
         // The token's check takes a lock: every 64th message is soon enough (a publish that
         // waits also watches the token).
@@ -154,7 +155,9 @@ pub async fn publish(
                 }
                 now = recorder.now_nanos();
             }
-            latency::record(&mut send_lag, now.saturating_sub(due) / 1000);
+            if let Some(send_lag) = &mut send_lag {
+                latency::record(send_lag, now.saturating_sub(due) / 1000);
+            }
             due
         } else {
             recorder.now_nanos()

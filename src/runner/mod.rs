@@ -1281,7 +1281,9 @@ async fn measure(
     let mut acknowledged_per_second = SecondCounts::default();
     for report in &reports {
         let _ = publish_histogram.add(&report.latency);
-        let _ = send_lag_histogram.add(&report.send_lag);
+        if let Some(send_lag) = &report.send_lag {
+            let _ = send_lag_histogram.add(send_lag);
+        }
         offered.merge(&report.offered);
         acknowledged_per_second.merge(&report.acknowledged_per_second);
     }
