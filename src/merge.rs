@@ -430,11 +430,7 @@ fn merge_cell(
         histograms: Histograms {
             publish: latency::encode(&publish),
             e2e: latency::encode(&e2e),
-            send_lag: if send_lag.is_empty() {
-                String::new()
-            } else {
-                latency::encode(&send_lag)
-            },
+            send_lag: latency::encode_if_any(&send_lag),
         },
         memory: crate::metrics::model::Memory {
             rss_baseline_bytes: max(|c| c.memory.rss_baseline_bytes).unwrap_or(0),

@@ -77,6 +77,16 @@ pub fn encode(histogram: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// [`encode`], or an empty string for a histogram with no samples (a figure that was not
+/// measured, such as the send lag without a target rate).
+pub fn encode_if_any(histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        String::new()
+    } else {
+        encode(histogram)
+    }
+}
+
 /// Reads a histogram written by [`encode`].
 pub fn decode(text: &str) -> Option<Histogram<u64>> {
     let bytes = base64::engine::general_purpose::STANDARD

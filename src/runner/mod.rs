@@ -1498,11 +1498,7 @@ fn run_cell(
         histograms: Histograms {
             publish: latency::encode(&publish_histogram),
             e2e: latency::encode(&e2e_histogram),
-            send_lag: if send_lag_histogram.is_empty() {
-                String::new()
-            } else {
-                latency::encode(&send_lag_histogram)
-            },
+            send_lag: latency::encode_if_any(&send_lag_histogram),
         },
         memory: Memory {
             rss_baseline_bytes: rss_baseline,
