@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -24,12 +24,14 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedHeaders, Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::message::{
+    BorrowedHeaders, BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::fetch::{FetchTask, Source};
 use super::known_topics::KnownTopics;
 use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
@@ -377,30 +379,22 @@ impl Transport for KafkaTransport {
                 .subscribe(&[topic])
                 .map_err(|e| BusError::broker(BACKEND, e))?;
             let consumer = Arc::new(consumer);
-            let stop = CancellationToken::new();
-            let error = Arc::new(Mutex::new(None));
-            let fetch = tokio::spawn(fetch_loop(
-                consumer.clone(),
-                Arc::from(topic),
-                tracker.clone(),
-                sink,
-                stop.clone(),
-                error.clone(),
-            ));
-            let committer = tokio::spawn(commit_loop(
-                consumer.clone(),
-                tracker.clone(),
-                self.config.commit_interval,
-                stop.clone(),
-            ));
+            let source = KafkaSource {
+                consumer: consumer.clone(),
+                topic: Arc::from(topic),
+                tracker: tracker.clone(),
+                payloads: ByteChunks::new(),
+            };
+            let mut fetch = FetchTask::spawn(source, sink);
+            let interval = self.config.commit_interval;
+            fetch.spawn_beside(|stop| {
+                commit_loop(consumer.clone(), tracker.clone(), interval, stop)
+            });
             let handle: Box<dyn Consumer> = Box::new(KafkaConsumer {
                 consumer,
                 tracker,
                 ready,
-                stop,
-                fetch: Some(fetch),
-                committer: Some(committer),
-                error,
+                fetch,
                 close_timeout: self.close_timeout,
             });
             Ok(handle)
@@ -609,53 +603,60 @@ impl KafkaAcker {
     pub fn nak(self) {}
 }
 
-async fn fetch_loop(
+/// The most records one receive takes from librdkafka's queue when they are already there.
+const RECEIVE_BATCH: usize = 32;
+
+/// Takes a Kafka consumer's records, tracking each for the commit loop: the first one waited
+/// for, then those already fetched, up to [`RECEIVE_BATCH`].
+struct KafkaSource {
     consumer: Arc<StreamConsumer<TrackingContext>>,
     topic: Arc<str>,
     tracker: Arc<CommitTracker>,
-    sink: DeliverySink,
-    stop: CancellationToken,
-    error: Arc<Mutex<Option<BusError>>>,
-) {
-    let mut stream = consumer.stream();
-    let mut payloads = ByteChunks::new();
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            received = stream.next() => received,
-        };
-        let message = match received {
-            Some(Ok(message)) => message,
-            // Consumer errors (a broker restart, a rebalance) are transient: librdkafka
-            // reconnects and fetches again on its own.
-            Some(Err(_)) => continue,
-            None => return,
-        };
+    payloads: ByteChunks,
+}
+
+impl KafkaSource {
+    fn take(&mut self, message: &BorrowedMessage<'_>, batch: &mut Vec<Delivery>) {
         let partition = message.partition();
         let offset = message.offset();
         let headers = received_headers(message.headers(), message.key());
-        let delivery = Delivery {
+        batch.push(Delivery {
             message: Message {
-                topic: topic.clone(),
+                topic: self.topic.clone(),
                 key: message.key().map(|key| received_key(key, &headers)),
                 headers,
-                payload: payloads.copy(message.payload().unwrap_or_default()),
+                payload: self.payloads.copy(message.payload().unwrap_or_default()),
                 attempt: 1,
             },
             acker: Acker::Kafka(KafkaAcker {
-                tracker: tracker.clone(),
-                topic: topic.clone(),
+                tracker: self.tracker.clone(),
+                topic: self.topic.clone(),
                 partition,
                 offset,
             }),
-        };
-        drop(message);
-        tracker.track(&topic, partition, offset);
-        if let Err(e) = sink.dispatch(delivery).await {
-            *error.lock().unwrap() = Some(e);
-            return;
+        });
+        self.tracker.track(&self.topic, partition, offset);
+    }
+}
+
+impl Source for KafkaSource {
+    async fn receive(&mut self, batch: &mut Vec<Delivery>) -> bool {
+        let consumer = self.consumer.clone();
+        let mut stream = consumer.stream();
+        match stream.next().await {
+            Some(Ok(message)) => self.take(&message, batch),
+            // Consumer errors (a broker restart, a rebalance) are transient: librdkafka
+            // reconnects and fetches again on its own.
+            Some(Err(_)) => return true,
+            None => return false,
         }
+        while batch.len() < RECEIVE_BATCH {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(message))) => self.take(&message, batch),
+                _ => break,
+            }
+        }
+        true
     }
 }
 
@@ -689,24 +690,13 @@ struct KafkaConsumer {
     consumer: Arc<StreamConsumer<TrackingContext>>,
     tracker: Arc<CommitTracker>,
     ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-    fetch: Option<JoinHandle<()>>,
-    committer: Option<JoinHandle<()>>,
-    error: Arc<Mutex<Option<BusError>>>,
+    fetch: FetchTask,
     close_timeout: Duration,
 }
 
 impl Consumer for KafkaConsumer {
-    fn stop(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.stop.cancel();
-            if let Some(fetch) = self.fetch.take() {
-                let _ = fetch.await;
-            }
-            if let Some(committer) = self.committer.take() {
-                let _ = committer.await;
-            }
-        })
+    fn fetch_task(&mut self) -> &mut FetchTask {
+        &mut self.fetch
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
@@ -747,10 +737,6 @@ impl Consumer for KafkaConsumer {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-    }
-
-    fn take_error(&mut self) -> Option<BusError> {
-        self.error.lock().unwrap().take()
     }
 }
 

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use super::fetch::{FetchTask, Source};
 use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink,
     MemoryConfig, Message, Record, Transport,
@@ -270,13 +269,14 @@ impl Transport for MemoryTransport {
                 };
                 (state.name.clone(), receiver)
             };
-            let stop = CancellationToken::new();
-            let error = Arc::new(Mutex::new(None));
-            let task = tokio::spawn(consume(name, receiver, sink, stop.clone(), error.clone()));
+            let source = MemorySource {
+                topic: name,
+                receiver,
+                held: None,
+                records: Vec::with_capacity(CONSUME_BATCH),
+            };
             let consumer: Box<dyn Consumer> = Box::new(MemoryConsumer {
-                stop,
-                task: Some(task),
-                error,
+                fetch: FetchTask::spawn(source, sink),
             });
             Ok(consumer)
         })
@@ -317,71 +317,48 @@ impl Transport for MemoryTransport {
     }
 }
 
-async fn consume(
+/// Takes a topic queue's records, in batches, for one group.
+struct MemorySource {
     topic: Arc<str>,
     receiver: SharedReceiver,
-    sink: DeliverySink,
-    stop: CancellationToken,
-    error: Arc<Mutex<Option<BusError>>>,
-) {
-    let mut receiver = tokio::select! {
-        guard = receiver.lock_owned() => guard,
-        _ = stop.cancelled() => return,
-    };
-    let mut batch = Vec::with_capacity(CONSUME_BATCH);
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            received = receiver.recv_many(&mut batch, CONSUME_BATCH) => received,
+    /// The queue's receiving end, once this group's subscription holds it.
+    held: Option<tokio::sync::OwnedMutexGuard<mpsc::Receiver<Record>>>,
+    records: Vec<Record>,
+}
+
+impl Source for MemorySource {
+    async fn receive(&mut self, batch: &mut Vec<Delivery>) -> bool {
+        let receiver = match &mut self.held {
+            Some(held) => held,
+            None => self.held.insert(self.receiver.clone().lock_owned().await),
         };
-        if received == 0 {
-            return;
+        if receiver.recv_many(&mut self.records, CONSUME_BATCH).await == 0 {
+            return false;
         }
-        for record in batch.drain(..) {
-            let delivery = Delivery {
-                message: Message {
-                    topic: topic.clone(),
-                    key: record.key,
-                    headers: record.headers,
-                    payload: record.payload,
-                    attempt: 1,
-                },
-                acker: Acker::Nothing,
-            };
-            if let Err(e) = sink.dispatch(delivery).await {
-                *error.lock().unwrap() = Some(e);
-                return;
-            }
-        }
+        batch.extend(self.records.drain(..).map(|record| Delivery {
+            message: Message {
+                topic: self.topic.clone(),
+                key: record.key,
+                headers: record.headers,
+                payload: record.payload,
+                attempt: 1,
+            },
+            acker: Acker::Nothing,
+        }));
+        true
     }
 }
 
 struct MemoryConsumer {
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-    error: Arc<Mutex<Option<BusError>>>,
+    fetch: FetchTask,
 }
 
 impl Consumer for MemoryConsumer {
-    fn stop(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.stop.cancel();
-            if let Some(task) = self.task.take() {
-                let _ = task.await;
-            }
-        })
+    fn fetch_task(&mut self) -> &mut FetchTask {
+        &mut self.fetch
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
         Box::pin(async { Ok(()) })
-    }
-
-    fn is_ready(&self) -> bool {
-        true
-    }
-
-    fn take_error(&mut self) -> Option<BusError> {
-        self.error.lock().unwrap().take()
     }
 }

@@ -13,6 +13,7 @@
 mod config;
 pub mod envelope;
 mod error;
+mod fetch;
 mod headers;
 mod kafka;
 mod known_topics;
@@ -29,6 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fetch::FetchTask;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -270,14 +272,22 @@ pub(crate) trait Transport: Send + Sync + 'static {
 
 /// The consuming half of one subscription on a backend.
 pub(crate) trait Consumer: Send {
-    /// Stops fetching; resolves when the fetch loop has ended.
-    fn stop(&mut self) -> BoxFuture<'_, ()>;
+    /// The subscription's fetch task.
+    fn fetch_task(&mut self) -> &mut FetchTask;
     /// Called after every handler finished: final commit, release of the client.
     fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>>;
     /// Whether the consumer is ready to receive (Kafka: partitions assigned).
-    fn is_ready(&self) -> bool;
-    /// The error that ended the fetch loop early, if any.
-    fn take_error(&mut self) -> Option<BusError>;
+    fn is_ready(&self) -> bool {
+        true
+    }
+    /// Stops fetching; resolves when the fetch task has ended.
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.fetch_task().stop())
+    }
+    /// The error that ended the fetch task early, if any.
+    fn take_error(&mut self) -> Option<BusError> {
+        self.fetch_task().take_error()
+    }
 }
 
 /// The event bus.

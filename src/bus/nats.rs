@@ -5,16 +5,15 @@
 //! many are in flight. Consuming: a durable pull consumer per topic and group, explicit acks
 //! sent only after the handler succeeded; `max_ack_pending` bounds what the server hands out.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use super::fetch::{FetchTask, Source};
 use super::known_topics::KnownTopics;
 use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
@@ -267,19 +266,12 @@ impl Transport for NatsTransport {
                 .messages()
                 .await
                 .map_err(|e| BusError::broker(BACKEND, e))?;
-            let stop = CancellationToken::new();
-            let error = Arc::new(Mutex::new(None));
-            let fetch = tokio::spawn(fetch_loop(
+            let source = NatsSource {
                 messages,
-                Arc::from(topic),
-                sink,
-                stop.clone(),
-                error.clone(),
-            ));
+                topic: Arc::from(topic),
+            };
             let handle: Box<dyn Consumer> = Box::new(NatsConsumer {
-                stop,
-                fetch: Some(fetch),
-                error,
+                fetch: FetchTask::spawn(source, sink),
                 client: self.client.clone(),
                 close_timeout: self.close_timeout,
             });
@@ -354,24 +346,19 @@ impl NatsAcker {
     }
 }
 
-async fn fetch_loop(
-    mut messages: consumer::pull::Stream,
+/// Takes a pull consumer's messages, one at a time.
+struct NatsSource {
+    messages: consumer::pull::Stream,
     topic: Arc<str>,
-    sink: DeliverySink,
-    stop: CancellationToken,
-    error: Arc<Mutex<Option<BusError>>>,
-) {
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            received = messages.next() => received,
-        };
-        let message = match received {
+}
+
+impl Source for NatsSource {
+    async fn receive(&mut self, batch: &mut Vec<Delivery>) -> bool {
+        let message = match self.messages.next().await {
             Some(Ok(message)) => message,
             // Missed heartbeats and reconnects are transient: the stream pulls again.
-            Some(Err(_)) => continue,
-            None => return,
+            Some(Err(_)) => return true,
+            None => return false,
         };
         let (message, acker) = message.split();
         let headers = match &message.headers {
@@ -389,39 +376,29 @@ async fn fetch_loop(
         let key = headers
             .get(super::envelope::HEADER_AGGREGATE_ID)
             .map(|value| SharedStr::in_headers(&headers, value));
-        let delivery = Delivery {
+        batch.push(Delivery {
             message: Message {
-                topic: topic.clone(),
+                topic: self.topic.clone(),
                 key,
                 headers,
                 payload: message.payload,
                 attempt: 1,
             },
             acker: Acker::Nats(Box::new(NatsAcker(acker))),
-        };
-        if let Err(e) = sink.dispatch(delivery).await {
-            *error.lock().unwrap() = Some(e);
-            return;
-        }
+        });
+        true
     }
 }
 
 struct NatsConsumer {
-    stop: CancellationToken,
-    fetch: Option<JoinHandle<()>>,
-    error: Arc<Mutex<Option<BusError>>>,
+    fetch: FetchTask,
     client: async_nats::Client,
     close_timeout: Duration,
 }
 
 impl Consumer for NatsConsumer {
-    fn stop(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.stop.cancel();
-            if let Some(fetch) = self.fetch.take() {
-                let _ = fetch.await;
-            }
-        })
+    fn fetch_task(&mut self) -> &mut FetchTask {
+        &mut self.fetch
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
@@ -436,14 +413,6 @@ impl Consumer for NatsConsumer {
                 }),
             }
         })
-    }
-
-    fn is_ready(&self) -> bool {
-        true
-    }
-
-    fn take_error(&mut self) -> Option<BusError> {
-        self.error.lock().unwrap().take()
     }
 }
 
