@@ -19,6 +19,7 @@ mod kafka;
 mod known_topics;
 mod memory;
 mod nats;
+mod nats_publish;
 mod pool;
 mod shared_str;
 
@@ -44,6 +45,7 @@ pub use headers::{Headers, HeadersBuilder};
 pub(crate) use kafka::owned_headers as kafka_headers;
 pub use nats::connect_options as nats_connect_options;
 pub(crate) use nats::header_map as nats_header_map;
+pub(crate) use nats_publish::JetStreamPublisher;
 pub use shared_str::SharedStr;
 
 /// A message as delivered to a handler. Cheap to clone.

@@ -1,20 +1,21 @@
 //! The NATS JetStream backend (async-nats).
 //!
 //! One stream per topic (named prefix + topic, capturing the topic as its only subject), with
-//! file or memory storage. Publishing returns JetStream's ack future; the bus's window bounds how
-//! many are in flight. Consuming: a durable pull consumer per topic and group, explicit acks
+//! file or memory storage. Publishing returns JetStream's acknowledgement, received on the
+//! connection's reply subscription (`nats_publish`); the bus's window bounds how many are in
+//! flight. Consuming: a durable pull consumer per topic and group, explicit acks
 //! sent only after the handler succeeded; `max_ack_pending` bounds what the server hands out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use super::fetch::{FetchTask, Source};
 use super::known_topics::KnownTopics;
+use super::nats_publish::JetStreamPublisher;
 use super::{
     Ack, Acker, BusConfig, BusError, ConnectionState, Consumer, Delivery, DeliverySink, Headers,
     Message, NatsConfig, NatsStorage, Record, SharedStr, Transport,
@@ -24,15 +25,12 @@ const BACKEND: &str = "nats";
 
 pub(crate) struct NatsTransport {
     config: NatsConfig,
-    /// Bumped each time the connection is lost: an acknowledgement still pending then will
-    /// never come (its reply went to the lost connection), so it fails at once.
-    disconnections: Arc<tokio::sync::watch::Sender<u64>>,
     client: async_nats::Client,
     jetstream: jetstream::Context,
+    publisher: JetStreamPublisher,
     /// Each topic whose stream exists, with its subject (publishing clones it, no copy).
     known_topics: KnownTopics<async_nats::Subject>,
     close_timeout: Duration,
-    ack_timeout: Duration,
 }
 
 /// Connection options with the configuration's authentication (credentials file, user and
@@ -96,6 +94,8 @@ pub(crate) fn header_map<'a>(
 
 impl NatsTransport {
     pub async fn connect(config: NatsConfig, bus: &BusConfig) -> Result<Self, BusError> {
+        // Bumped each time the connection is lost: an acknowledgement still pending then will
+        // never come (its reply went to the lost connection), so it fails at once.
         let disconnections = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let on_event = disconnections.clone();
         let options = connect_options(&config)
@@ -128,14 +128,16 @@ impl NatsTransport {
                 backend: BACKEND,
                 message: format!("JetStream is not available at {}: {e}", config.url),
             })?;
+        let publisher =
+            JetStreamPublisher::start(client.clone(), bus.ack_timeout, disconnections.subscribe())
+                .await?;
         Ok(NatsTransport {
             config,
-            disconnections,
             client,
             jetstream,
+            publisher,
             known_topics: KnownTopics::default(),
             close_timeout: bus.close_timeout,
-            ack_timeout: bus.ack_timeout,
         })
     }
 
@@ -179,39 +181,11 @@ impl Transport for NatsTransport {
     fn send<'a>(&'a self, topic: &'a str, record: Record) -> BoxFuture<'a, Result<Ack, BusError>> {
         Box::pin(async move {
             let subject = self.ensure_stream(topic).await?;
-            // Watch for a lost connection from before the message is handed over.
-            let mut disconnected = self.disconnections.subscribe();
-            let published = if record.headers.is_empty() {
-                self.jetstream.publish(subject, record.payload).await
-            } else {
-                self.jetstream
-                    .publish_with_headers(
-                        subject,
-                        header_map(record.headers.iter()),
-                        record.payload,
-                    )
-                    .await
-            };
-            let pending = published.map_err(|e| BusError::broker(BACKEND, e))?;
-            let ack_timeout = self.ack_timeout;
-            let answer = async move {
-                tokio::select! {
-                    biased;
-                    // The JetStream context bounds this wait by the bus's ack timeout.
-                    result = pending => match result {
-                        Ok(_) => Ok(()),
-                        Err(e) if e.kind() == PublishErrorKind::TimedOut => {
-                            Err(BusError::ack_timed_out(ack_timeout))
-                        }
-                        Err(e) => Err(BusError::broker(BACKEND, e)),
-                    },
-                    _ = disconnected.changed() => Err(BusError::broker(
-                        BACKEND,
-                        "the connection was lost before the acknowledgement arrived; the \
-                         message may or may not have been stored",
-                    )),
-                }
-            };
+            let headers = (!record.headers.is_empty()).then(|| header_map(record.headers.iter()));
+            let answer = self
+                .publisher
+                .publish(subject, headers, record.payload)
+                .await?;
             Ok(Ack::pending(answer))
         })
     }
@@ -318,7 +292,9 @@ impl Transport for NatsTransport {
                     });
                 }
             }
-            match tokio::time::timeout(timeout, self.client.drain()).await {
+            let drained = tokio::time::timeout(timeout, self.client.drain()).await;
+            self.publisher.stop().await;
+            match drained {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(BusError::broker(BACKEND, e)),
                 Err(_) => Err(BusError::Timeout {

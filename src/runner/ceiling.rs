@@ -902,6 +902,13 @@ async fn nats_ceiling(
         .await
         .map_err(|e| e.to_string())?;
     let context = jetstream::new(client.clone());
+    // Publishing as the bus does. The connection is not expected to drop during a ceiling run:
+    // its acknowledgements are bounded by the run's timeout instead.
+    let (_connection_kept, disconnections) = tokio::sync::watch::channel(0u64);
+    let publisher =
+        crate::bus::JetStreamPublisher::start(client.clone(), load.timeout, disconnections)
+            .await
+            .map_err(|e| e.to_string())?;
     // One stream and one pull consumer per topic, as the bus has, each received on its own task.
     let mut consumers = Vec::new();
     for topic in load.topic_names() {
@@ -948,41 +955,43 @@ async fn nats_ceiling(
         );
     }
     if load.publish_only {
-        nats_send_all(&context, load, load.warmup, true, None).await?;
+        nats_send_all(&publisher, load, load.warmup, true, None).await?;
         let start = MeasuredPhase::begin();
-        nats_send_all(&context, load, load.messages, false, None).await?;
+        nats_send_all(&publisher, load, load.messages, false, None).await?;
         let figures = start.figures(load.messages, Instant::now());
         let _ = client.drain().await;
+        publisher.stop().await;
         return Ok(figures);
     }
     if load.warmup > 0 {
         tokio::try_join!(
-            nats_send_all(&context, load, load.warmup, true, recorder.clone()),
+            nats_send_all(&publisher, load, load.warmup, true, recorder.clone()),
             nats_receive_all(load, &mut consumers, load.warmup, recorder.clone())
         )?;
     }
     let messages = load.messages;
     let start = MeasuredPhase::begin();
     let ((), end) = tokio::try_join!(
-        nats_send_all(&context, load, messages, false, recorder.clone()),
+        nats_send_all(&publisher, load, messages, false, recorder.clone()),
         nats_receive_all(load, &mut consumers, messages, recorder.clone())
     )?;
     drop(consumers);
     let _ = client.drain().await;
+    publisher.stop().await;
     Ok(start.figures(messages, end))
 }
 
 /// Publishes `messages` from the load's publishers, each with its share of the window.
 async fn nats_send_all(
-    context: &async_nats::jetstream::Context,
+    publisher: &crate::bus::JetStreamPublisher,
     load: &CeilingLoad,
     messages: u64,
     warmup: bool,
     recorder: Option<Arc<Recorder>>,
 ) -> Result<(), String> {
     from_publishers(load, messages, |seqs, window| {
-        let (context, load, recorder) = (context.clone(), load.clone(), recorder.clone());
-        async move { nats_send(&context, &load, seqs, window, warmup, recorder.as_deref()).await }
+        let (publisher, load, recorder) = (publisher.clone(), load.clone(), recorder.clone());
+        async move { nats_send(&publisher, &load, seqs, window, warmup, recorder.as_deref()).await }
     })
     .await
 }
@@ -990,7 +999,7 @@ async fn nats_send_all(
 /// Publishes the messages `seqs` with at most `window` acknowledgements outstanding, and
 /// waits for the last one.
 async fn nats_send(
-    context: &async_nats::jetstream::Context,
+    publisher: &crate::bus::JetStreamPublisher,
     load: &CeilingLoad,
     seqs: std::ops::Range<u64>,
     window: usize,
@@ -1005,27 +1014,21 @@ async fn nats_send(
     let mut in_flight = CeilingAcks::new(
         window,
         PublishAccounting::new(recorder, warmup),
-        |acknowledged: Result<
-            async_nats::jetstream::publish::PublishAck,
-            async_nats::jetstream::context::PublishError,
-        >| { acknowledged.map(|_| ()).map_err(|e| e.to_string()) },
+        |acknowledged: Result<(), crate::bus::BusError>| acknowledged.map_err(|e| e.to_string()),
     );
     let mut chunks = ByteChunks::new();
     for seq in seqs {
         in_flight.make_room().await?;
         let subject = load.topic_of(&subjects, seq).clone();
         let (body, intended) = payload(load, seq, warmup, recorder, &mut chunks);
-        let sent = match load.shape_of(&shapes, seq) {
-            Some(shape) => {
-                let headers = crate::bus::nats_header_map(
-                    shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                context.publish_with_headers(subject, headers, body).await
-            }
-            None => context.publish(subject, body).await,
-        };
-        let ack = sent.map_err(|e| e.to_string())?;
-        in_flight.push(std::future::IntoFuture::into_future(ack), intended, seq)?;
+        let headers = load.shape_of(&shapes, seq).map(|shape| {
+            crate::bus::nats_header_map(shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        });
+        let ack = publisher
+            .publish(subject, headers, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        in_flight.push(ack, intended, seq)?;
     }
     in_flight.finish().await
 }
