@@ -36,6 +36,8 @@ pub(crate) struct JetStreamPublisher {
     prefix: Arc<str>,
     pending: Arc<Mutex<Pending>>,
     router: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Bounds the hand-over to the connection as well as the acknowledgement.
+    ack_timeout: Duration,
 }
 
 /// The acknowledgements waited for, by reply number: `slots[0]` is number `first`.
@@ -150,11 +152,12 @@ impl JetStreamPublisher {
             prefix: prefix.into(),
             pending,
             router: Arc::new(Mutex::new(Some(router))),
+            ack_timeout,
         })
     }
 
-    /// Hands the message to the connection; resolves to its acknowledgement, which is bounded
-    /// by the acknowledgement timeout.
+    /// Hands the message to the connection (waiting, up to the acknowledgement timeout, for room
+    /// in the client's queue); resolves to its acknowledgement, bounded by the same timeout.
     pub async fn publish(
         &self,
         subject: async_nats::Subject,
@@ -175,19 +178,27 @@ impl JetStreamPublisher {
         let reply = async_nats::Subject::from(reply);
         let sent = match headers {
             Some(headers) => {
-                self.client
-                    .publish_with_reply_and_headers(subject, reply, headers, payload)
-                    .await
+                let handed = self
+                    .client
+                    .publish_with_reply_and_headers(subject, reply, headers, payload);
+                tokio::time::timeout(self.ack_timeout, handed).await
             }
             None => {
-                self.client
-                    .publish_with_reply(subject, reply, payload)
-                    .await
+                let handed = self.client.publish_with_reply(subject, reply, payload);
+                tokio::time::timeout(self.ack_timeout, handed).await
             }
         };
-        if let Err(e) = sent {
+        let failed = match sent {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(BusError::broker(BACKEND, e)),
+            Err(_) => Some(BusError::Timeout {
+                operation: "handing a message to the NATS connection",
+                waited: self.ack_timeout,
+            }),
+        };
+        if let Some(error) = failed {
             self.pending.lock().unwrap().take(number);
-            return Err(BusError::broker(BACKEND, e));
+            return Err(error);
         }
         Ok(AckAnswer(answered))
     }
